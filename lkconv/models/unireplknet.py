@@ -1,0 +1,436 @@
+""" UniRepLKNet
+
+Paper: `UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, Time-Series
+and Image Recognition` - https://arxiv.org/abs/2311.15599 (CVPR 2024)
+
+Official code and weights: https://github.com/AILab-CVC/UniRepLKNet (Apache-2.0),
+https://huggingface.co/DingXiaoH/UniRepLKNet
+
+Differences from the official implementation, all deliberate:
+* Module layout follows timm (`stem`, `stages.i.downsample`, `stages.i.blocks.j`, `head.norm`, `head.fc`,
+  block `conv_dw`/`norm`/`se`/`mlp`); `checkpoint_filter_fn` maps official checkpoints (training or deploy
+  form, bare or under `model`/`state_dict`) onto it, so they load strictly.
+* Dilated Reparam Block branches are named `k{kernel}_d{dilation}` inside one ModuleDict.
+* The constructor rejects unknown arguments and never prints; no custom CUDA extension is used
+  (depthwise convs dispatch through `lkconv.layers.DepthwiseConv2d`).
+"""
+import re
+from functools import partial
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, calculate_drop_path_rates, trunc_normal_,
+)
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+
+from ..layers import (
+    DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock, GlobalResponseNormNHWC, conv_with_weights,
+    fuse_bn_scale, fuse_conv_bn,
+)
+from ._backbone import StagedBackbone, create_backbone
+
+__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'default_kernel_sizes']
+
+# official per-block depthwise kernel sizes, chosen by the depths of the variant
+_DEFAULT_KERNEL_SIZES: Dict[Tuple[int, ...], Tuple[Tuple[int, ...], ...]] = {
+    (2, 2, 6, 2): ((3, 3), (13, 13), (13,) * 6, (13, 13)),
+    (2, 2, 8, 2): ((3, 3), (13, 13), (13,) * 8, (13, 13)),
+    (3, 3, 18, 3): ((3, 3, 3), (13, 13, 13), (13, 3) * 9, (13, 13, 13)),
+    (3, 3, 27, 3): ((3, 3, 3), (13, 13, 13), (13, 3, 3) * 9, (13, 13, 13)),
+}
+_SMALL_KERNELS = (3, 5)  # plain depthwise conv; larger kernels use a Dilated Reparam Block
+
+
+def default_kernel_sizes(depths: Sequence[int]) -> Tuple[Tuple[int, ...], ...]:
+    depths = tuple(depths)
+    if depths not in _DEFAULT_KERNEL_SIZES:
+        raise ValueError(
+            f'no default kernel sizes for depths {depths} (known: {sorted(_DEFAULT_KERNEL_SIZES)}); '
+            f'pass kernel_sizes=')
+    return _DEFAULT_KERNEL_SIZES[depths]
+
+
+class UniRepLKNetMlp(nn.Module):
+    """Channels-last FFN: Linear -> GELU -> GRN -> Linear (no bias), then BatchNorm back in NCHW."""
+
+    def __init__(self, dim: int, hidden_dim: int, deploy: bool = False, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = nn.Linear(dim, hidden_dim, **dd)
+        self.act = nn.GELU()
+        self.grn = GlobalResponseNormNHWC(hidden_dim, bias=not deploy, **dd)
+        self.fc2 = nn.Linear(hidden_dim, dim, bias=deploy, **dd)
+        self.norm = nn.Identity() if deploy else nn.BatchNorm2d(dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = self.grn(self.act(self.fc1(x)))
+        x = self.fc2(x).permute(0, 3, 1, 2)
+        return self.norm(x)
+
+    @torch.no_grad()
+    def reparameterize(self, out_scale: Optional[torch.Tensor] = None) -> None:
+        """Fold the GRN bias, the output BatchNorm and an optional per-channel output scale into `fc2`."""
+        weight = self.fc2.weight
+        bias = self.fc2.bias if self.fc2.bias is not None else weight.new_zeros(weight.shape[0])
+        if self.grn.bias is not None:
+            bias = bias + weight @ self.grn.bias.reshape(-1)
+        if isinstance(self.norm, nn.BatchNorm2d):
+            scale, shift = fuse_bn_scale(self.norm)
+            weight, bias = weight * scale[:, None], bias * scale + shift
+        if out_scale is not None:
+            weight, bias = weight * out_scale[:, None], bias * out_scale
+        fc2 = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+        fc2.weight.copy_(weight)
+        fc2.bias.copy_(bias)
+        self.fc2 = fc2.train(self.training)
+        self.grn.bias = None
+        self.norm = nn.Identity()
+
+
+class UniRepLKNetBlock(nn.Module):
+    """Depthwise conv (Dilated Reparam Block for K >= 7) -> BN -> SE -> GRN FFN -> layer scale, residual."""
+
+    def __init__(
+            self,
+            dim: int,
+            kernel_size: int,
+            drop_path: float = 0.,
+            ls_init_value: Optional[float] = 1e-6,
+            mlp_ratio: int = 4,
+            deploy: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if kernel_size != 0 and kernel_size not in _SMALL_KERNELS and kernel_size not in DILATED_BRANCHES:
+            raise ValueError(
+                f'UniRepLKNet kernel size must be 0, {_SMALL_KERNELS} or one of {sorted(DILATED_BRANCHES)}, '
+                f'got {kernel_size}')
+        if kernel_size == 0:
+            self.conv_dw = nn.Identity()
+        elif kernel_size in _SMALL_KERNELS or deploy:
+            self.conv_dw = DepthwiseConv2d(dim, kernel_size, bias=deploy, **dd)
+        else:
+            self.conv_dw = DilatedReparamBlock(dim, kernel_size, **dd)
+        self.norm = nn.Identity() if deploy or kernel_size == 0 else nn.BatchNorm2d(dim, **dd)
+        self.se = SEModule(dim, rd_channels=dim // 4, **dd)
+        self.mlp = UniRepLKNetMlp(dim, dim * mlp_ratio, deploy=deploy, **dd)
+        use_ls = ls_init_value is not None and ls_init_value > 0 and not deploy
+        self.gamma = nn.Parameter(torch.full((dim,), float(ls_init_value), **dd)) if use_ls else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mlp(self.se(self.norm(self.conv_dw(x))))
+        if self.gamma is not None:
+            y = y * self.gamma.reshape(1, -1, 1, 1)
+        return x + self.drop_path(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch to the deploy form in place: one biased depthwise conv and one biased output linear."""
+        if isinstance(self.conv_dw, DilatedReparamBlock):
+            self.conv_dw = self.conv_dw.fuse()
+        if isinstance(self.norm, nn.BatchNorm2d):
+            conv = self.conv_dw
+            self.conv_dw = conv_with_weights(conv, *fuse_conv_bn(conv.weight, conv.bias, self.norm))
+            self.norm = nn.Identity()
+        self.mlp.reparameterize(self.gamma)
+        self.gamma = None
+
+
+class UniRepLKNetStage(nn.Module):
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            kernel_sizes: Sequence[int],
+            downsample: bool = True,
+            drop_path_rates: Optional[Sequence[float]] = None,
+            ls_init_value: Optional[float] = 1e-6,
+            deploy: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.grad_checkpointing = False
+        if downsample:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=2, padding=1, **dd),
+                LayerNorm2d(out_chs, eps=1e-6, **dd),
+            )
+        else:
+            self.downsample = nn.Identity()
+        drop_path_rates = drop_path_rates or [0.] * len(kernel_sizes)
+        self.blocks = nn.Sequential(*[
+            UniRepLKNetBlock(out_chs, k, drop_path=dp, ls_init_value=ls_init_value, deploy=deploy, **dd)
+            for k, dp in zip(kernel_sizes, drop_path_rates)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class UniRepLKNet(StagedBackbone):
+    """UniRepLKNet: a 2-conv stem and four stages of large-kernel blocks, pooled LayerNorm + linear head.
+
+    `deploy=True` builds the re-parameterised form directly (for loading re-parameterised checkpoints);
+    `timm.utils.reparameterize_model` turns a trained model into it.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (3, 3, 27, 3),
+            dims: Sequence[int] = (96, 192, 384, 768),
+            kernel_sizes: Optional[Sequence[Sequence[int]]] = None,
+            ls_init_value: Optional[float] = 1e-6,
+            head_init_scale: float = 1.,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            deploy: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if len(depths) != len(dims):
+            raise ValueError(f'depths {tuple(depths)} and dims {tuple(dims)} must have the same length')
+        kernel_sizes = default_kernel_sizes(depths) if kernel_sizes is None else kernel_sizes
+        if [len(k) for k in kernel_sizes] != list(depths):
+            raise ValueError(f'kernel_sizes {kernel_sizes} do not match depths {tuple(depths)}')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.min_input_size = 32
+        self.deploy = deploy
+
+        norm_layer = partial(LayerNorm2d, eps=1e-6)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, dims[0] // 2, kernel_size=3, stride=2, padding=1, **dd),
+            norm_layer(dims[0] // 2, **dd),
+            nn.GELU(),
+            nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1, **dd),
+            norm_layer(dims[0], **dd),
+        )
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        stages, self.feature_info = [], []
+        reduction = 4
+        for i, (dim, ks) in enumerate(zip(dims, kernel_sizes)):
+            reduction *= 2 if i > 0 else 1
+            stages.append(UniRepLKNetStage(
+                dims[i - 1] if i > 0 else dim, dim, ks, downsample=i > 0, drop_path_rates=dp_rates[i],
+                ls_init_value=ls_init_value, deploy=deploy, **dd,
+            ))
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = dims[-1]
+        self.norm_pre = nn.Identity()
+        self.head = NormMlpClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
+            norm_layer=norm_layer, **dd,
+        )
+        self.head_hidden_size = self.head.num_features
+        named_apply(partial(_init_weights, head_init_scale=head_init_scale), self)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm_pre', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        # as the official recipe: only 1-D tensors (norms, biases, layer scales) skip weight decay,
+        # which timm's optimizer factory already does; GRN parameters are 4-D and are decayed
+        return set()
+
+
+def _init_weights(module: nn.Module, name: str = '', head_init_scale: float = 1.) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if name.startswith('head.'):
+            module.weight.data.mul_(head_init_scale)
+            module.bias.data.mul_(head_init_scale)
+
+
+# official key fragments inside a block -> ours (lk_origin depends on the form, handled separately)
+_BLOCK_KEY_MAP = (
+    (r'dwconv\.origin_bn\.', 'conv_dw.branches.k{K}_d1.bn.'),
+    (r'dwconv\.dil_conv_k(\d+)_(\d+)\.', r'conv_dw.branches.k\1_d\2.conv.'),
+    (r'dwconv\.dil_bn_k(\d+)_(\d+)\.', r'conv_dw.branches.k\1_d\2.bn.'),
+    (r'dwconv\.', 'conv_dw.'),
+    (r'se\.down\.', 'se.fc1.'),
+    (r'se\.up\.', 'se.fc2.'),
+    (r'pwconv1\.1\.', 'mlp.fc1.'),
+    (r'act\.1\.gamma$', 'mlp.grn.weight'),
+    (r'act\.1\.beta$', 'mlp.grn.bias'),
+    (r'pwconv2\.0\.', 'mlp.fc2.'),
+    (r'pwconv2\.2\.', 'mlp.norm.'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Map an official UniRepLKNet checkpoint (training or deploy form) onto this implementation's keys."""
+    for wrapper in ('model', 'state_dict'):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    if 'stem.0.weight' in state_dict:
+        return state_dict  # already in this layout
+    out = {}
+    for key, value in state_dict.items():
+        key = re.sub(r'^downsample_layers\.0\.', 'stem.', key)
+        key = re.sub(r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.', key)
+        key = re.sub(r'^head\.', 'head.fc.', key)
+        key = re.sub(r'^norm\.', 'head.norm.', key)
+        block = re.match(r'^stages\.(\d+)\.(\d+)\.', key)
+        if block:
+            prefix, rest = f'stages.{block[1]}.blocks.{block[2]}.', key[block.end():]
+            if rest.startswith('dwconv.lk_origin.'):
+                trained_form = block[0] + 'dwconv.origin_bn.weight' in state_dict
+                kernel = state_dict[block[0] + 'dwconv.lk_origin.weight'].shape[-1]
+                target = f'conv_dw.branches.k{kernel}_d1.conv.' if trained_form else 'conv_dw.'
+                rest = target + rest[len('dwconv.lk_origin.'):]
+            else:
+                for pattern, repl in _BLOCK_KEY_MAP:
+                    if re.match(pattern, rest):
+                        kernel = _large_kernel(state_dict, block[0])
+                        rest = re.sub('^' + pattern, repl.replace('{K}', str(kernel)), rest)
+                        break
+            key = prefix + rest
+        out[key] = value
+    return out
+
+
+def _large_kernel(state_dict, official_prefix: str) -> int:
+    weight = state_dict.get(official_prefix + 'dwconv.lk_origin.weight')
+    return 0 if weight is None else weight.shape[-1]
+
+
+def _create_unireplknet(variant: str, pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    return create_backbone(UniRepLKNet, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+_HF_REPO = 'DingXiaoH/UniRepLKNet'
+
+
+def _cfg(filename: str = '', **kwargs):
+    return {
+        'hf_hub_id': _HF_REPO if filename else '',
+        'hf_hub_filename': filename or None,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'min_input_size': (3, 32, 32),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.0', 'classifier': 'head.fc', 'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2311.15599',
+        'paper_name': 'UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, '
+                      'Point Cloud, Time-Series and Image Recognition',
+        'origin_url': 'https://github.com/AILab-CVC/UniRepLKNet',
+        **kwargs,
+    }
+
+
+def _in1k(variant: str, top1: str):
+    return _cfg(f'unireplknet_{variant}_in1k_224_acc{top1}.pth')
+
+
+def _in22k_ft_384(variant: str, top1: str):
+    # the official 384 evaluation resizes the whole image to 384x384 (no crop)
+    return _cfg(
+        f'unireplknet_{variant}_in22k_to_in1k_384_acc{top1}.pth',
+        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, crop_mode='squash')
+
+
+def _in22k(variant: str, size: int = 224):
+    return _cfg(
+        f'unireplknet_{variant}_in22k_pretrain.pth', num_classes=21841,
+        input_size=(3, size, size), pool_size=(size // 32, size // 32))
+
+
+default_cfgs = generate_default_cfgs({
+    'unireplknet_a.in1k': _in1k('a', '77.03'),
+    'unireplknet_f.in1k': _in1k('f', '78.58'),
+    'unireplknet_p.in1k': _in1k('p', '80.23'),
+    'unireplknet_n.in1k': _in1k('n', '81.64'),
+    'unireplknet_t.in1k': _in1k('t', '83.21'),
+    'unireplknet_s.in1k': _in1k('s', '83.91'),
+    'unireplknet_s.in22k_ft_in1k_384': _in22k_ft_384('s', '86.44'),
+    'unireplknet_s.in22k': _in22k('s'),
+    'unireplknet_b.in22k_ft_in1k_384': _in22k_ft_384('b', '87.40'),
+    'unireplknet_b.in22k': _in22k('b'),
+    'unireplknet_l.in22k_ft_in1k_384': _in22k_ft_384('l', '87.88'),
+    'unireplknet_l.in22k': _in22k('l', 192),
+    'unireplknet_xl.in22k_ft_in1k_384': _in22k_ft_384('xl', '87.96'),
+    'unireplknet_xl.in22k': _in22k('xl', 192),
+})
+
+
+@register_model
+def unireplknet_a(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320))
+    return _create_unireplknet('unireplknet_a', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_f(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384))
+    return _create_unireplknet('unireplknet_f', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_p(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512))
+    return _create_unireplknet('unireplknet_p', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_n(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640))
+    return _create_unireplknet('unireplknet_n', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_t(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(3, 3, 18, 3), dims=(80, 160, 320, 640))
+    return _create_unireplknet('unireplknet_t', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_s(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+    return _create_unireplknet('unireplknet_s', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_b(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    return _create_unireplknet('unireplknet_b', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_l(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536))
+    return _create_unireplknet('unireplknet_l', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def unireplknet_xl(pretrained: bool = False, **kwargs) -> UniRepLKNet:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048))
+    return _create_unireplknet('unireplknet_xl', pretrained, **dict(model_args, **kwargs))
