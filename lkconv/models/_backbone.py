@@ -28,6 +28,9 @@ torch.fx.wrap('check_image_input')
 
 
 class StagedBackbone(nn.Module):
+    # True for heads that pool before layers other than the classifier (InceptionNeXt's MLP head):
+    # reset_classifier(0, '') then still returns pooled 2-D features, as in timm's early-pool list
+    early_pool: bool = False
     stem: nn.Module
     stages: nn.Sequential
     norm_pre: nn.Module
