@@ -1,95 +1,33 @@
-"""The `lkconv` command line."""
+"""The `lkconv` command line.
+
+Each command lives with the code it drives: a module in `COMMAND_MODULES` exposes
+`add_commands(subparsers)`, which adds its sub-commands and sets `func` on each.
+"""
 import argparse
-import difflib
+import importlib
 import sys
 from typing import List, Optional
 
-import timm
-import torch
-
 from . import __version__
-from .benchmark import count_gmacs, count_params, time_forward
-from .models import list_models
 
-
-def _resolve_model(name: str) -> str:
-    if timm.is_model(name.split('.')[0]):
-        return name
-    close = difflib.get_close_matches(name, list_models() + timm.list_models(), n=5, cutoff=0.5)
-    hint = f"; did you mean: {', '.join(close)}" if close else ''
-    raise SystemExit(f"lkconv: unknown model '{name}'{hint}")
-
-
-def cmd_list(args) -> None:
-    for name in list_models(args.filter, pretrained=args.pretrained):
-        print(name)
-
-
-def cmd_info(args) -> None:
-    name = _resolve_model(args.model)
-    model = timm.create_model(name, device='meta')
-    cfg = model.pretrained_cfg
-    print(f'model:          {name}')
-    print(f'parameters:     {count_params(model):,}')
-    print(f'input size:     {cfg["input_size"]}  crop {cfg["crop_pct"]}  {cfg["interpolation"]}')
-    print(f'features:       ' + ', '.join(f"{f['module']} ({f['num_chs']}ch, /{f['reduction']})"
-                                          for f in model.feature_info))
-    print(f'pretrained:     {", ".join(timm.list_pretrained(name + ".*")) or "none"}')
-    print(f'license:        {cfg.get("license")}  paper: {cfg.get("paper_ids")}')
-
-
-def cmd_demo(args) -> None:
-    """List the zoo, then build one model and run it on a batch, reporting size, FLOPs and timing."""
-    names = list_models()
-    print(f'lkconv {__version__}: {len(names)} models registered with timm')
-    for name in names:
-        print(f'  {name:<28} {count_params(timm.create_model(name, device="meta")) / 1e6:8.2f} M params')
-    torch.manual_seed(0)
-    model = timm.create_model(args.model).eval()
-    size = model.pretrained_cfg['input_size']
-    x = torch.randn(args.batch_size, *size)
-    print(f'\n{args.model}: {count_params(model):,} parameters, '
-          f'{count_gmacs(model, size):.3f} GMACs per {size[1]}x{size[2]} image (fvcore)')
-    with torch.no_grad():
-        logits = model(x)
-    print(f'forward of a {tuple(x.shape)} batch -> logits {tuple(logits.shape)}, '
-          f'top-1 class ids {logits.argmax(-1).tolist()}')
-    timing = time_forward(model, x)
-    print(f'CPU eval forward, fp32, batch {args.batch_size}: median {timing.median * 1e3:.1f} ms '
-          f'({timing.samples_per_sec:.1f} img/s over {len(timing.step_times)} runs)')
-    deployed = timm.utils.reparameterize_model(model)
-    with torch.no_grad():
-        gap = (deployed(x) - logits).abs().max().item()
-    fused = time_forward(deployed, x)
-    print(f're-parameterised: {count_params(deployed):,} parameters, max |logit difference| {gap:.2e}, '
-          f'median {fused.median * 1e3:.1f} ms ({timing.median / fused.median:.2f}x the training form speed)')
+# modules providing sub-commands, in the order they appear in `lkconv --help`
+COMMAND_MODULES = (
+    'lkconv.commands',
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='lkconv', description='Large-kernel ConvNet backbones for timm.')
     parser.add_argument('--version', action='version', version=f'lkconv {__version__}')
-    sub = parser.add_subparsers(dest='command', required=True)
-
-    p = sub.add_parser('list', help='list registered models')
-    p.add_argument('filter', nargs='?', default='', help='wildcard, e.g. "unireplknet_*"')
-    p.add_argument('--pretrained', action='store_true', help='only models with published weights')
-    p.set_defaults(func=cmd_list)
-
-    p = sub.add_parser('info', help='architecture facts and pretrained tags of a model')
-    p.add_argument('model')
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser('demo', help='list the zoo, build a model and run it on a batch')
-    p.add_argument('--model', default='unireplknet_a')
-    p.add_argument('--batch-size', type=int, default=4)
-    p.set_defaults(func=cmd_demo)
+    subparsers = parser.add_subparsers(dest='command', required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(subparsers)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    args.func(args)
-    return 0
+    return args.func(args) or 0
 
 
 if __name__ == '__main__':

@@ -6,4 +6,9 @@ from .depthwise_conv import (
 )
 from .dilated_reparam import DILATED_BRANCHES, DilatedReparamBlock
 from .grn import GlobalResponseNormNHWC
+from .inception_dwconv import InceptionDWConv2d
+from .large_kernel_attention import LargeKernelAttention
+from .attention_bias import AttentionBias2d, relative_bias_index
+from .ls_conv import LargeKernelPerception, LSConv
+from .ska import SKA, get_ska_backend, list_ska_backends, register_ska_backend, set_ska_backend, small_kernel_aggregation
 from .reparam import conv_with_weights, dilate_kernel, fuse_bn_scale, fuse_conv_bn, merge_kernels, pad_kernel

@@ -5,8 +5,11 @@ import timm
 
 from . import unireplknet
 from .unireplknet import UniRepLKNet
+from .inceptionnext import InceptionNeXt
+from .van import VAN
+from .lsnet import LSNet
 
-_FAMILY_MODULES = ('unireplknet',)
+_FAMILY_MODULES = ('unireplknet', 'inceptionnext', 'van', 'lsnet')
 
 
 def list_models(filter: str = '', pretrained: bool = False) -> List[str]:

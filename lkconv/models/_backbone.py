@@ -31,12 +31,6 @@ class StagedBackbone(nn.Module):
     # True for heads that pool before layers other than the classifier (InceptionNeXt's MLP head):
     # reset_classifier(0, '') then still returns pooled 2-D features, as in timm's early-pool list
     early_pool: bool = False
-    stem: nn.Module
-    stages: nn.Sequential
-    norm_pre: nn.Module
-    head: nn.Module
-    in_chans: int
-    min_input_size: int
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -1,0 +1,522 @@
+""" LSNet
+
+Paper: `LSNet: See Large, Focus Small` - https://arxiv.org/abs/2503.23135 (CVPR 2025)
+
+Official code: https://github.com/THU-MIG/lsnet (= jameslahm/lsnet); weights (MIT, per the model cards):
+https://huggingface.co/jameslahm/lsnet
+
+A stride-8 Conv-BN stem, four stages (strides 8/16/32/64) whose blocks alternate a RepVGG depthwise
+mixer + SE with an LS convolution (stages 1-3) or a LeViT-style attention (stage 4), each followed by a
+Conv-BN FFN; the head is global pooling -> BatchNorm -> Linear (plus a distillation head for `*_distill`).
+
+Differences from the official implementation, all deliberate:
+* Module layout follows timm: `stem` (official `patch_embed`), `stages.i.downsample` (official
+  `blocks{i+1}.0/1`), `stages.i.blocks.j`, block `mixer`/`se`/`mlp.fc1`/`mlp.fc2` (official
+  `ffn.m.pw1/pw2`), attention without the `Residual` wrapper (`mixer.qkv`, `mixer.dw`, `mixer.proj`,
+  `mixer.attention_bias.attention_biases`), head `head.norm`/`head.fc` (official `head.bn`/`head.l`).
+  Official Conv2d_BN pairs are `lkconv.layers.ConvBn` with keys `conv`/`bn` (official `c`/`bn`), so that
+  one fusable Conv-BN type serves the whole package. `checkpoint_filter_fn` maps the released (unfused,
+  bare state_dict) checkpoints onto this layout; they load strictly.
+* SKA runs in PyTorch everywhere (CPU, any dtype, exportable) through a backend dispatch
+  (`lkconv.layers.small_kernel_aggregation`); the official code needs CUDA + Triton and computes bf16 in fp64.
+* Any input size works: when the stage-4 token grid differs from the one the bias table was built for
+  (`img_size`, default 224 -> 4x4), the gathered bias is resized bicubically to the new N x N, as the
+  official detection/segmentation backbones do. `attention_bias_idxs` is a computed, non-persistent
+  buffer (dropped from official checkpoints); a checkpoint whose bias table was built for another grid is
+  resized bicubically on its offset grid when loaded (as the official dense-prediction loaders do).
+* The eval-mode attention-bias cache follows timm's LeViT but can never be stale (see
+  `lkconv.layers.AttentionBias2d`); the official cache is filled by `eval()` and not refreshed.
+* Distilled models average both heads unless `set_distilled_training(True)` is called, in which case
+  training-mode forward returns `(head, head_dist)` logits (as timm's LeViT/DeiT; the official model
+  always returns the tuple in training). `get_classifier()` returns the main classifier `head.fc`.
+* The constructor accepts timm's `drop_rate` (dropout before the classifiers) and `drop_path_rate`
+  (stochastic depth on the FFN residual); both default to 0 as in the official recipe.
+* `timm.utils.reparameterize_model` fuses every Conv-BN, each RepVGG mixer into one 3x3 depthwise conv,
+  and the head BatchNorms into their Linear layers. LS conv's output BN, LKP's `cv4`/GroupNorm and SE stay.
+"""
+import re
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    DropPath, NormMlpClassifierHead, SEModule, calculate_drop_path_rates, get_device_dtype, make_divisible, to_2tuple,
+    trunc_normal_,
+)
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+
+from ..layers import (
+    AttentionBias2d, ConvBn, DepthwiseConv2d, LSConv, conv_with_weights, fuse_bn_scale, fuse_conv_bn, merge_kernels,
+)
+from ._backbone import StagedBackbone, create_backbone
+
+__all__ = ['LSNet', 'LSNetBlock', 'LSNetAttention', 'RepVggDw']
+
+
+def _conv_bn(
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        depthwise: bool = False,
+        bn_weight_init: float = 1.,
+        device=None,
+        dtype=None,
+) -> ConvBn:
+    """Bias-free conv ('same' padding) + BatchNorm; depthwise convs are `DepthwiseConv2d` (backend dispatch)."""
+    dd = dict(device=device, dtype=dtype)
+    if depthwise:
+        assert in_chs == out_chs
+        conv = DepthwiseConv2d(in_chs, kernel_size, stride=stride, bias=False, **dd)
+    else:
+        conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=False, **dd)
+    conv_bn = ConvBn(conv, **dd)
+    nn.init.constant_(conv_bn.bn.weight, bn_weight_init)
+    return conv_bn
+
+
+class RepVggDw(nn.Module):
+    """3x3 depthwise Conv-BN + 1x1 depthwise Conv-BN + identity; `fuse()` gives one biased 3x3 depthwise conv."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.conv = _conv_bn(dim, dim, 3, depthwise=True, **dd)
+        self.conv1 = _conv_bn(dim, dim, 1, depthwise=True, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.conv1(x) + x
+
+    @torch.no_grad()
+    def fuse(self) -> DepthwiseConv2d:
+        w3, b3 = fuse_conv_bn(self.conv.conv.weight, None, self.conv.bn)
+        w1, b1 = fuse_conv_bn(self.conv1.conv.weight, None, self.conv1.bn)
+        # the identity is a 1x1 depthwise kernel of ones
+        weight, bias = merge_kernels([(w3, b3, 1), (w1, b1, 1), (torch.ones_like(w1), torch.zeros_like(b1), 1)], 3)
+        return conv_with_weights(self.conv.conv, weight, bias)
+
+
+class LSNetAttention(nn.Module):
+    """Stage-4 attention with its residual: x + proj(ReLU(softmax(q^T k * scale + bias) v)).
+
+    q and k have `key_dim` channels per head, v has dim / num_heads; a 3x3 depthwise Conv-BN refines q.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            key_dim: int = 16,
+            num_heads: int = 4,
+            resolution: Union[int, Tuple[int, int]] = 4,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if dim % num_heads:
+            raise ValueError(f'attention dim {dim} must be divisible by num_heads={num_heads}')
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.val_dim = dim // num_heads
+        self.scale = key_dim ** -0.5
+        qk_dim = num_heads * key_dim
+        self.qkv = _conv_bn(dim, 2 * qk_dim + dim, **dd)
+        self.dw = _conv_bn(qk_dim, qk_dim, 3, depthwise=True, **dd)
+        self.attention_bias = AttentionBias2d(num_heads, resolution, **dd)
+        self.act = nn.ReLU()
+        self.proj = _conv_bn(dim, dim, bn_weight_init=0., **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        qk_dim = self.num_heads * self.key_dim
+        q, k, v = self.qkv(x).split([qk_dim, qk_dim, C], dim=1)
+        q = self.dw(q).reshape(B, self.num_heads, self.key_dim, N)
+        k = k.reshape(B, self.num_heads, self.key_dim, N)
+        v = v.reshape(B, self.num_heads, self.val_dim, N)
+        attn = (q.transpose(-2, -1) @ k) * self.scale + self.attention_bias((H, W))
+        attn = attn.softmax(dim=-1)
+        out = (v @ attn.transpose(-2, -1)).reshape(B, C, H, W)
+        return x + self.proj(self.act(out))
+
+
+class LSNetMlp(nn.Module):
+    """1x1 Conv-BN -> ReLU -> 1x1 Conv-BN (its BN weight starts at 0, so each block starts as identity)."""
+
+    def __init__(self, dim: int, hidden_dim: int, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.fc1 = _conv_bn(dim, hidden_dim, **dd)
+        self.act = nn.ReLU()
+        self.fc2 = _conv_bn(hidden_dim, dim, bn_weight_init=0., **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LSNetBlock(nn.Module):
+    """x <- SE(mixer(x)); x <- x + FFN(x). Every mixer carries its own identity path.
+
+    mixer: 'repvgg' (RepVGG depthwise + SE), 'ls' (LS convolution) or 'attn' (attention).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            mixer: str = 'repvgg',
+            num_heads: int = 4,
+            key_dim: int = 16,
+            attn_resolution: Union[int, Tuple[int, int]] = 4,
+            mlp_ratio: float = 2.,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.se = nn.Identity()
+        if mixer == 'repvgg':
+            self.mixer = RepVggDw(dim, **dd)
+            self.se = SEModule(dim, rd_channels=make_divisible(dim * 0.25, 8, round_limit=0.), **dd)
+        elif mixer == 'ls':
+            self.mixer = LSConv(dim, **dd)
+        elif mixer == 'attn':
+            self.mixer = LSNetAttention(dim, key_dim=key_dim, num_heads=num_heads, resolution=attn_resolution, **dd)
+        else:
+            raise ValueError(f"LSNet mixer must be 'repvgg', 'ls' or 'attn', got '{mixer}'")
+        self.mlp = LSNetMlp(dim, int(dim * mlp_ratio), **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.se(self.mixer(x))
+        return x + self.drop_path(self.mlp(x))
+
+
+class LSNetStage(nn.Module):
+    """Optional downsample (3x3 s2 depthwise Conv-BN -> 1x1 Conv-BN), then blocks whose even indices are
+    RepVGG + SE and odd indices use `odd_mixer`."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            out_chs: int,
+            depth: int,
+            odd_mixer: str = 'ls',
+            downsample: bool = True,
+            num_heads: int = 4,
+            key_dim: int = 16,
+            attn_resolution: Union[int, Tuple[int, int]] = 4,
+            mlp_ratio: float = 2.,
+            drop_path_rates: Optional[Sequence[float]] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.grad_checkpointing = False
+        if downsample:
+            self.downsample = nn.Sequential(
+                _conv_bn(in_chs, in_chs, 3, stride=2, depthwise=True, **dd),
+                _conv_bn(in_chs, out_chs, **dd),
+            )
+        else:
+            assert in_chs == out_chs
+            self.downsample = nn.Identity()
+        drop_path_rates = drop_path_rates or [0.] * depth
+        self.blocks = nn.Sequential(*[
+            LSNetBlock(
+                out_chs, mixer='repvgg' if i % 2 == 0 else odd_mixer, num_heads=num_heads, key_dim=key_dim,
+                attn_resolution=attn_resolution, mlp_ratio=mlp_ratio, drop_path=drop_path_rates[i], **dd)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and len(self.blocks) > 0 and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class BnLinearHead(NormMlpClassifierHead):
+    """Global pool -> BatchNorm -> dropout -> Linear (the official BN_Linear after pooling).
+
+    The BatchNorm is a `BatchNorm2d` on the pooled (B, C, 1, 1) map: the same function and state_dict as
+    the official BatchNorm1d on (B, C), and it also works unpooled (`global_pool=''`).
+    `reparameterize()` folds the BatchNorm into the classifier.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = 'avg', drop_rate: float = 0.,
+                 device=None, dtype=None):
+        super().__init__(in_features, num_classes, pool_type=pool_type, drop_rate=drop_rate,
+                         norm_layer=nn.BatchNorm2d, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        if not isinstance(self.norm, nn.BatchNorm2d) or not isinstance(self.fc, (nn.Linear, nn.Conv2d)):
+            return  # no classifier to fold into (num_classes=0) or already folded
+        scale, shift = fuse_bn_scale(self.norm)
+        weight = self.fc.weight.reshape(self.fc.weight.shape[0], -1)
+        bias = (self.fc.bias if self.fc.bias is not None else weight.new_zeros(weight.shape[0])) + weight @ shift
+        self.fc.weight.copy_((weight * scale[None, :]).reshape(self.fc.weight.shape))
+        if self.fc.bias is None:
+            self.fc.bias = nn.Parameter(bias)
+        else:
+            self.fc.bias.copy_(bias)
+        self.norm = nn.Identity().train(self.training)
+
+
+class LSNet(StagedBackbone):
+    """LSNet: stride-8 Conv-BN stem, four stages (RepVGG+SE / LS conv, attention in the last), BN-Linear head.
+
+    `img_size` only sets the token grid the stage-4 attention bias table is built for; any input size runs.
+    `distillation=True` adds the `head_dist` classifier of the distilled (DeiT-style) models.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            img_size: Union[int, Tuple[int, int]] = 224,
+            embed_dims: Sequence[int] = (64, 128, 256, 384),
+            depths: Sequence[int] = (0, 2, 8, 10),
+            stage_mixers: Sequence[str] = ('ls', 'ls', 'ls', 'attn'),
+            num_heads: int = 4,
+            key_dim: int = 16,
+            mlp_ratio: float = 2.,
+            distillation: bool = False,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if not len(embed_dims) == len(depths) == len(stage_mixers):
+            raise ValueError(f'embed_dims {tuple(embed_dims)}, depths {tuple(depths)} and stage_mixers '
+                             f'{tuple(stage_mixers)} must have the same length')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.min_input_size = 32
+        self.distillation = distillation
+        self.distilled_training = False
+
+        c0 = embed_dims[0]
+        self.stem = nn.Sequential(
+            _conv_bn(in_chans, c0 // 4, 3, stride=2, **dd),
+            nn.ReLU(),
+            _conv_bn(c0 // 4, c0 // 2, 3, stride=2, **dd),
+            nn.ReLU(),
+            _conv_bn(c0 // 2, c0, 3, stride=2, **dd),
+        )
+        grid = [_down(_down(_down(s))) for s in to_2tuple(img_size)]  # token grid after the stride-8 stem
+        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+        stages, self.feature_info = [], []
+        reduction = 8
+        for i, (dim, depth, mixer) in enumerate(zip(embed_dims, depths, stage_mixers)):
+            if i > 0:
+                reduction *= 2
+                grid = [_down(s) for s in grid]
+            stages.append(LSNetStage(
+                embed_dims[i - 1] if i > 0 else dim, dim, depth, odd_mixer=mixer, downsample=i > 0,
+                num_heads=num_heads, key_dim=key_dim, attn_resolution=tuple(grid), mlp_ratio=mlp_ratio,
+                drop_path_rates=dp_rates[i], **dd,
+            ))
+            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.norm_pre = nn.Identity()
+        self.head = BnLinearHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head_dist: Optional[BnLinearHead] = None
+        if distillation and num_classes > 0:
+            self.head_dist = BnLinearHead(
+                self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        for head in (self.head, self.head_dist):
+            if head is not None:
+                _init_classifier(head)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        # relative position biases are not decayed (as in timm's LeViT)
+        return {name for name, _ in self.named_parameters() if name.endswith('attention_biases')}
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """With distillation heads: make training-mode forward return (head, head_dist) logits."""
+        self.distilled_training = enable
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False):
+        super().reset_classifier(num_classes, global_pool, reset_other=reset_other)
+        if not self.distillation:
+            return
+        if num_classes <= 0:
+            self.head_dist = None
+            return
+        if self.head_dist is None:
+            self.head_dist = BnLinearHead(
+                self.num_features, num_classes, pool_type=self.head.global_pool.pool_type,
+                drop_rate=self.drop_rate, **get_device_dtype(self)).train(self.training)
+        # the distillation head mirrors the main one (its norm removed where the main head's is)
+        reset_other = reset_other or isinstance(self.head.norm, nn.Identity)
+        self.head_dist.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
+                             **get_device_dtype(self))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        if pre_logits or self.head_dist is None:
+            return self.head(x, pre_logits=pre_logits)
+        x, x_dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist  # separate predictions, for a distillation loss
+        return (x + x_dist) / 2
+
+
+def _down(size: int) -> int:
+    """Output size of a 3x3 stride-2 conv with padding 1."""
+    return (size - 1) // 2 + 1
+
+
+def _init_classifier(head: BnLinearHead) -> None:
+    if isinstance(head.fc, nn.Linear):
+        trunc_normal_(head.fc.weight, std=.02)
+        nn.init.zeros_(head.fc.bias)
+
+
+# official key fragments inside a block -> ours (after `.c.` -> `.conv.`)
+_BLOCK_KEY_MAP = (
+    (r'^mixer\.m\.attention_biases$', 'mixer.attention_bias.attention_biases'),
+    (r'^mixer\.m\.proj\.1\.', 'mixer.proj.'),
+    (r'^mixer\.m\.', 'mixer.'),
+    (r'^ffn\.m\.pw1\.', 'mlp.fc1.'),
+    (r'^ffn\.m\.pw2\.', 'mlp.fc2.'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Map an official LSNet checkpoint (bare, or under `model`/`state_dict`) onto this implementation's keys.
+
+    The computed `attention_bias_idxs` buffers are dropped; bias tables built for another token grid are
+    resized bicubically on their offset grid to the model's.
+    """
+    for wrapper in ('model', 'state_dict'):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    if 'stem.0.conv.weight' not in state_dict:
+        state_dict = _map_official_keys(state_dict)
+    model_sd = model.state_dict()
+    for key, value in state_dict.items():
+        if key.endswith('attention_biases') and key in model_sd and value.shape != model_sd[key].shape:
+            resolution = model.get_submodule(key[:-len('.attention_biases')]).resolution
+            state_dict[key] = _resize_bias_table(value, resolution)
+    return state_dict
+
+
+def _map_official_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith('attention_bias_idxs'):
+            continue
+        key = re.sub(r'\.c\.weight$', '.conv.weight', key)
+        key = re.sub(r'^patch_embed\.', 'stem.', key)
+        key = re.sub(r'^(head|head_dist)\.bn\.', r'\1.norm.', key)
+        key = re.sub(r'^(head|head_dist)\.l\.', r'\1.fc.', key)
+        block = re.match(r'^blocks(\d+)\.(\d+)\.', key)
+        if block:
+            stage, idx, rest = int(block[1]) - 1, int(block[2]), key[block.end():]
+            if stage > 0 and idx < 2:
+                key = f'stages.{stage}.downsample.{idx}.{rest}'
+            else:
+                for pattern, repl in _BLOCK_KEY_MAP:
+                    rest = re.sub(pattern, repl, rest)
+                key = f'stages.{stage}.blocks.{idx - 2 if stage > 0 else idx}.{rest}'
+        out[key] = value
+    return out
+
+
+def _resize_bias_table(table: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:
+    heads, offsets = table.shape
+    side = int(round(offsets ** 0.5))
+    if side * side != offsets:
+        raise ValueError(f'cannot resize a non-square attention bias table of {offsets} offsets')
+    grid = table.float().reshape(1, heads, side, side)
+    grid = F.interpolate(grid, size=tuple(resolution), mode='bicubic', align_corners=False)
+    return grid.reshape(heads, -1).to(table.dtype)
+
+
+def _create_lsnet(variant: str, pretrained: bool = False, **kwargs) -> LSNet:
+    return create_backbone(LSNet, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+def _cfg(filename: str = '', **kwargs):
+    return {
+        'hf_hub_id': 'jameslahm/lsnet' if filename else '',
+        'hf_hub_filename': filename or None,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (4, 4), 'min_input_size': (3, 32, 32),
+        # official evaluation: Resize(256, bicubic) + CenterCrop(224)
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.0.conv', 'classifier': 'head.fc', 'license': 'mit',
+        'paper_ids': 'arXiv:2503.23135', 'paper_name': 'LSNet: See Large, Focus Small',
+        'origin_url': 'https://github.com/THU-MIG/lsnet',
+        **kwargs,
+    }
+
+
+def _distill_cfg(filename: str):
+    return _cfg(filename, classifier=('head.fc', 'head_dist.fc'))
+
+
+default_cfgs = generate_default_cfgs({
+    'lsnet_t.in1k': _cfg('lsnet_t.pth'),
+    'lsnet_s.in1k': _cfg('lsnet_s.pth'),
+    'lsnet_b.in1k': _cfg('lsnet_b.pth'),
+    'lsnet_t_distill.in1k': _distill_cfg('lsnet_t_distill.pth'),
+    'lsnet_s_distill.in1k': _distill_cfg('lsnet_s_distill.pth'),
+    'lsnet_b_distill.in1k': _distill_cfg('lsnet_b_distill.pth'),
+})
+
+_LSNET_T = dict(embed_dims=(64, 128, 256, 384), depths=(0, 2, 8, 10))
+_LSNET_S = dict(embed_dims=(96, 192, 320, 448), depths=(1, 2, 8, 10))
+_LSNET_B = dict(embed_dims=(128, 256, 384, 512), depths=(4, 6, 8, 10))
+
+
+@register_model
+def lsnet_t(pretrained: bool = False, **kwargs) -> LSNet:
+    return _create_lsnet('lsnet_t', pretrained, **dict(_LSNET_T, **kwargs))
+
+
+@register_model
+def lsnet_s(pretrained: bool = False, **kwargs) -> LSNet:
+    return _create_lsnet('lsnet_s', pretrained, **dict(_LSNET_S, **kwargs))
+
+
+@register_model
+def lsnet_b(pretrained: bool = False, **kwargs) -> LSNet:
+    return _create_lsnet('lsnet_b', pretrained, **dict(_LSNET_B, **kwargs))
+
+
+@register_model
+def lsnet_t_distill(pretrained: bool = False, **kwargs) -> LSNet:
+    return _create_lsnet('lsnet_t_distill', pretrained, **dict(_LSNET_T, distillation=True, **kwargs))
+
+
+@register_model
+def lsnet_s_distill(pretrained: bool = False, **kwargs) -> LSNet:
+    return _create_lsnet('lsnet_s_distill', pretrained, **dict(_LSNET_S, distillation=True, **kwargs))
+
+
+@register_model
+def lsnet_b_distill(pretrained: bool = False, **kwargs) -> LSNet:
+    return _create_lsnet('lsnet_b_distill', pretrained, **dict(_LSNET_B, distillation=True, **kwargs))
