@@ -7,6 +7,7 @@ would dominate CI time (as in timm's own suite, which also leaves its largest mo
 A new family gets all of these by registering its models.
 """
 import fnmatch
+import functools
 import json
 import subprocess
 import sys
@@ -26,11 +27,17 @@ BATCH = 2
 SMALL = 64  # numerical checks: every stage still has a spatial extent
 
 
+@functools.lru_cache(maxsize=None)
 def _param_count(name):
     return sum(p.numel() for p in timm.create_model(name, device='meta').parameters())
 
 
 NUMERIC_MODELS = [n for n in MODELS if _param_count(n) <= NUMERIC_MAX_PARAMS]
+# the smallest model of each family, for the slowest checks (scripting compiles every module)
+SMALLEST_PER_FAMILY = sorted({
+    family: min((n for n in MODELS if n.split('_')[0] == family), key=_param_count)
+    for family in {n.split('_')[0] for n in MODELS}
+}.values())
 
 
 def _pretrained_tags(name):
@@ -341,3 +348,11 @@ def test_import_is_silent_and_keeps_timm_names():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout == '' and result.stderr == '', (result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize('name', SMALLEST_PER_FAMILY)
+def test_torchscript(name):
+    model = _eval_model(name)
+    x = _input(SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(model)(x), model(x))

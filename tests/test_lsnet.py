@@ -168,8 +168,15 @@ def test_lsconv_exports():
 
 
 def test_lsconv_onnx_export(tmp_path):
-    pytest.importorskip('onnx')
-    torch.onnx.export(LSConv(16).eval(), (torch.randn(1, 16, 8, 8),), str(tmp_path / 'lsconv.onnx'), dynamo=False)
+    import onnxruntime
+    conv = LSConv(16).eval()
+    x = torch.randn(1, 16, 8, 8)
+    path = str(tmp_path / 'lsconv.onnx')
+    torch.onnx.export(conv, (x,), path, dynamo=False)
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), conv(x), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ reparam

@@ -33,6 +33,25 @@ class StagedBackbone(nn.Module):
     early_pool: bool = False
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """Layer-decay groups: the stem, then each block (a stage's downsample joins its first block,
+        a stage-end norm its last block); a final norm joins the last group."""
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^stages\.(\d+)\.norm', (99999,)),
+                (r'^norm_pre', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        # norms, biases and layer scales are 1-D, which timm's optimizer factory already excludes from decay
+        return set()
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable

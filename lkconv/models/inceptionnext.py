@@ -204,21 +204,6 @@ class InceptionNeXt(StagedBackbone):
         if global_pool is not None:
             self.global_pool = global_pool  # the head does the pooling; keep the attribute in step with it
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-            ],
-        )
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # 1-D tensors (norms, biases, layer scales) already skip weight decay in timm's optimizer factory
-        return set()
-
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv2d, nn.Linear)):

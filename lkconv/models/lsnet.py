@@ -339,16 +339,6 @@ class LSNet(StagedBackbone):
                 _init_classifier(head)
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-            ],
-        )
-
-    @torch.jit.ignore
     def no_weight_decay(self):
         # relative position biases are not decayed (as in timm's LeViT)
         return {name for name, _ in self.named_parameters() if name.endswith('attention_biases')}

@@ -243,23 +243,6 @@ class UniRepLKNet(StagedBackbone):
         self.head_hidden_size = self.head.num_features
         named_apply(partial(_init_weights, head_init_scale=head_init_scale), self)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^norm_pre', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # as the official recipe: only 1-D tensors (norms, biases, layer scales) skip weight decay,
-        # which timm's optimizer factory already does; GRN parameters are 4-D and are decayed
-        return set()
-
 
 def _init_weights(module: nn.Module, name: str = '', head_init_scale: float = 1.) -> None:
     if isinstance(module, (nn.Conv2d, nn.Linear)):

@@ -186,22 +186,6 @@ class VAN(StagedBackbone):
         self.head_hidden_size = self.head.num_features
         named_apply(_init_weights, self)
 
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        return dict(
-            stem=r'^stem',
-            blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.downsample', (0,)),
-                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^stages\.(\d+)\.norm', (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        # norms, biases and layer scales are 1-D, which timm's optimizer factory already excludes
-        return set()
-
 
 def _init_weights(module: nn.Module, name: str = '') -> None:
     if isinstance(module, nn.Linear):
