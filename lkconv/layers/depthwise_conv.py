@@ -117,3 +117,9 @@ class DepthwiseConv2d(nn.Conv2d):
         if torch.jit.is_scripting():
             return self._conv_forward(x, self.weight, self.bias)
         return depthwise_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+# Triton kernels (lkconv.kernels): registering them imports no triton; 'auto' picks them only for CUDA
+# calls that their table of measured speed-ups favours.
+from ..kernels import triton_depthwise_conv2d, use_triton_depthwise  # noqa: E402
+register_depthwise_backend('triton', triton_depthwise_conv2d, use_triton_depthwise)

@@ -123,3 +123,9 @@ class SKA(nn.Module):
         if torch.jit.is_scripting():
             return _torch_ska(x, weight)
         return small_kernel_aggregation(x, weight)
+
+
+# Triton kernels (lkconv.kernels): registering them imports no triton; 'auto' picks them only for CUDA
+# calls that their table of measured speed-ups favours.
+from ..kernels import triton_small_kernel_aggregation, use_triton_ska  # noqa: E402
+register_ska_backend('triton', triton_small_kernel_aggregation, use_triton_ska)
