@@ -16,8 +16,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# trains InceptionNeXt-atto on the handwritten digits shipped with scikit-learn (CPU, a few minutes);
+# passive OpenMP waiting keeps a busy machine's spinning threads from slowing training several-fold
 demo: $(STAMP)
-	$(BIN)/lkconv demo
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/lkconv train -c configs/demo/digits_inceptionnext_atto.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

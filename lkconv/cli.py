@@ -13,6 +13,7 @@ from . import __version__
 # modules providing sub-commands, in the order they appear in `lkconv --help`
 COMMAND_MODULES = (
     'lkconv.commands',
+    'lkconv.training.commands',
 )
 
 

@@ -11,12 +11,14 @@ The batch is then convolved in one grouped conv (groups = batch) with its per-sa
 
 As in the official layer, the FD path is used only where it applies: min(Cin, Cout) > 16 and a kernel
 size in (1, 3); otherwise the layer is an ordinary `nn.Conv2d` (and keeps its `weight`). This
-implementation also requires groups = 1, a square kernel and zero padding for the FD path.
+implementation also requires groups = 1, a square kernel and zero padding for the FD path. FBM applies
+to every 3x3 FD layer, strided ones included, as in the official layer.
 
 Given the same parameters it computes the official layer's output (official state_dict keys
 `dft_weight`, `KSM_Global.*`, `KSM_Local.*`, `FBM.*` load directly). Deliberate differences:
 * the output-filter attention head starts near zero like the other heads (the official init check never
-  fires for it), so a converted layer starts as its source conv;
+  fires for it, leaving it Kaiming-initialised), so every attention starts near neutral
+  (`zero_attention_heads()` makes them exactly neutral; the converter does this by default);
 * training with batch size 1 normalises the global KSM branch with the running statistics (the
   official layer raises);
 * FFTs always run in float32 and the output follows the input dtype (the official FBM returns float32);
@@ -175,8 +177,9 @@ class FDConv(nn.Conv2d):
             in_channels, out_channels, k, reduction=reduction, kernel_num=kernel_num, param_ratio=param_ratio,
             temperature=kernel_temp if temp is None else temp, kernel_temperature=kernel_temp,
             att_multi=att_multi, act=ksm_global_act, only_kernel_att=ksm_only_kernel_att, **dd)
-        self.ksm_local = KernelSpatialModulationLocal(in_channels, out_channels * k * k, **dd) if use_ksm_local else None
-        use_fbm = k in tuple(use_fbm_if_k_in)
+        self.ksm_local = (
+            KernelSpatialModulationLocal(in_channels, out_channels * k * k, **dd) if use_ksm_local else None)
+        use_fbm = k in tuple(use_fbm_if_k_in) and len(fbm_k_list) > 0
         self.fbm = FrequencyBandModulation(
             in_channels, fbm_k_list, lowfreq_att=fbm_lowfreq_att, act=fbm_act, **dd) if use_fbm else None
 
@@ -203,6 +206,28 @@ class FDConv(nn.Conv2d):
             text += f', kernel_num={self.kernel_num}, param_ratio={self.param_ratio}, fbm={self.fbm is not None}'
         return text
 
+    @torch.no_grad()
+    def zero_attention_heads(self) -> None:
+        """Zero the output layer of every attention branch (KSM heads, KSM local conv, FBM convs).
+
+        Every attention is then exactly neutral (1; 1/(n P) for the bands), so the layer computes a plain
+        conv with `spatial_weight()` whatever its input scale. Gradients still reach every head, so
+        training moves them off zero at the first step.
+        """
+        if not self.use_fdconv:
+            return
+        ksm = self.ksm_global
+        for head in (ksm.channel_fc, ksm.filter_fc, ksm.spatial_fc, ksm.kernel_fc):
+            if head is not None:
+                head.weight.zero_()
+                head.bias.zero_()
+        if self.ksm_local is not None:
+            self.ksm_local.conv.weight.zero_()
+        if self.fbm is not None:
+            for conv in self.fbm.band_convs:
+                conv.weight.zero_()
+                conv.bias.zero_()
+
     def spatial_weight(self) -> torch.Tensor:
         """The static weight (Cout, Cin, k, k) the layer synthesises with every attention at its neutral value."""
         batch_att = torch.full(
@@ -218,8 +243,14 @@ class FDConv(nn.Conv2d):
         return modulation_act(logits, self.ksm_local_act, self.att_multi)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.use_fdconv:
-            return super().forward(x)
+        # `weight` exists only where the FD path does not apply (TorchScript then compiles only that branch)
+        if hasattr(self, 'weight'):
+            out = self._conv_forward(x, self.weight, self.bias)
+        else:
+            out = self._fd_forward(x)
+        return out
+
+    def _fd_forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, in_chs, height, width = x.shape
         out_chs, k = self.out_channels, self.kernel_size[0]
         pooled = x.mean(dim=(2, 3), keepdim=True)
@@ -244,33 +275,43 @@ class FDConv(nn.Conv2d):
             x = x * channel_att.reshape(batch, in_chs, 1, 1).to(x.dtype)
 
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        out = F.conv2d(
-            x.reshape(1, batch * in_chs, height, width),
-            weight.to(x.dtype).reshape(batch * out_chs, in_chs, k, k),
-            None, self.stride, self.padding, self.dilation, groups=batch)
-        out = out.reshape(batch, out_chs, out.shape[-2], out.shape[-1])
+        out = self._per_sample_conv(x, weight.to(x.dtype))
         if not into_weight and filter_att is not None:
             out = out * filter_att.reshape(batch, out_chs, 1, 1).to(out.dtype)
-        if self.bias is not None:
-            out = out + self.bias.reshape(1, -1, 1, 1).to(out.dtype)
+        bias = self.bias
+        if bias is not None:
+            out = out + bias.reshape(1, -1, 1, 1).to(out.dtype)
         if channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
+    def _per_sample_conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Convolve each sample with its own weight (B, Cout, Cin, k, k)."""
+        batch, in_chs, height, width = x.shape
+        out_chs, k = self.out_channels, self.kernel_size[0]
+        if k == 1 and self.stride == (1, 1) and self.padding == (0, 0):
+            # a pointwise conv is a batched matmul, which is faster than a batch-grouped conv
+            out = torch.bmm(weight.reshape(batch, out_chs, in_chs), x.reshape(batch, in_chs, height * width))
+            return out.reshape(batch, out_chs, height, width)
+        out = F.conv2d(
+            x.reshape(1, batch * in_chs, height, width), weight.reshape(batch * out_chs, in_chs, k, k),
+            None, self.stride, self.padding, self.dilation, groups=batch)
+        return out.reshape(batch, out_chs, out.shape[-2], out.shape[-1])
+
     def macs(self, input_shape: Sequence[int]) -> Dict[str, int]:
         """Multiply-accumulates of one forward call on an input of shape (B, Cin, H, W), by component.
 
-        Counted (elementwise activations, normalisations, poolings and the per-element attention
-        products are not, as in fvcore):
-            'conv':           the per-sample conv, B * Cout * Cin * k^2 * H' * W';
-            'ksm_global':     the global KSM MLP, B * A * (Cin + Cin + Cout + k^2 + n*P) (present heads only);
-            'ksm_local':      the local KSM Conv1d, B * Cout * k^2 * Cin * t;
-            'weight_synthesis': band scaling of the P spectra (B * P * Cout*k * (Cin*k//2+1) complex
-                              coefficients, 2 MACs each) plus one irfft2 over (Cout*k) x (Cin*k) per
-                              sample (`real_fft2_macs`);
-            'fbm':            one rfft2 and len(k_list) irfft2 over H x W per channel and sample
-                              (`real_fft2_macs`), the band masking (2 MACs per complex coefficient per
-                              band) and the 3x3 attention convs, B * Cin * 9 * H * W each.
+        The convention of fvcore (and timm's GMACs): one multiply-add = 1; convolutions and FFTs count,
+        elementwise products (the band, channel, filter, spatial and local attentions applied to the
+        weight, FBM's masks and gains), activations, poolings and the normalisations of the pooled
+        vectors do not. FFTs count `real_fft2_macs` (1.25 N log2 N for N points) per transform.
+            'conv':             the per-sample conv, B * Cout * Cin * k^2 * H' * W';
+            'ksm_global':       the global KSM MLP on the pooled input, B * A * (Cin + heads), where
+                                heads = Cin + Cout + k^2 + n*P for the heads present;
+            'ksm_local':        the local KSM Conv1d, B * Cout * k^2 * Cin * t;
+            'weight_synthesis': one irfft2 over (Cout*k) x (Cin*k) per sample;
+            'fbm':              one rfft2 and len(k_list) irfft2 over H x W per channel and sample, and
+                                the 3x3 attention convs, B * Cin * 9 * H * W each.
         'total' is their sum. A plain (inactive) layer counts only 'conv'.
         """
         batch, in_chs, height, width = input_shape
@@ -281,22 +322,17 @@ class FDConv(nn.Conv2d):
         counts = dict(conv=conv)
         if self.use_fdconv:
             ksm = self.ksm_global
-            hidden = ksm.fc.out_channels
             heads = sum(h.out_channels for h in (ksm.channel_fc, ksm.filter_fc, ksm.spatial_fc, ksm.kernel_fc)
                         if h is not None)
-            counts['ksm_global'] = batch * hidden * (in_chs + heads)
+            counts['ksm_global'] = batch * ksm.fc.out_channels * (in_chs + heads)
             counts['ksm_local'] = 0 if self.ksm_local is None else (
                 batch * out_chs * k * k * in_chs * self.ksm_local.conv.kernel_size[0])
-            half_spectrum = out_chs * k * (in_chs * k // 2 + 1)
-            counts['weight_synthesis'] = round(
-                batch * (2 * self.param_ratio * half_spectrum + real_fft2_macs(out_chs * k, in_chs * k)))
+            counts['weight_synthesis'] = round(batch * real_fft2_macs(out_chs * k, in_chs * k))
             counts['fbm'] = 0
             if self.fbm is not None:
-                bands = len(self.fbm.k_list)
-                ffts = batch * in_chs * (1 + bands) * real_fft2_macs(height, width)
-                masking = batch * in_chs * bands * 2 * height * (width // 2 + 1)
+                ffts = batch * in_chs * (1 + len(self.fbm.k_list)) * real_fft2_macs(height, width)
                 att_convs = len(self.fbm.band_convs) * batch * in_chs * 9 * height * width
-                counts['fbm'] = round(ffts + masking + att_convs)
+                counts['fbm'] = round(ffts + att_convs)
         counts['total'] = sum(counts.values())
         return counts
 

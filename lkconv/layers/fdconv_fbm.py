@@ -56,29 +56,28 @@ class FrequencyBandModulation(nn.Module):
             for _ in range(len(self.k_list) + int(lowfreq_att))
         ])
         for conv in self.band_convs:
-            nn.init.normal_(conv.weight, std=1e-6)
-            nn.init.zeros_(conv.bias)
-        self.register_buffer('masks', band_masks(self.k_list, device=self.band_convs[0].weight.device), persistent=False)
+            if not conv.weight.is_meta:  # no values to set (and torch's normal_ is slow on meta tensors)
+                nn.init.normal_(conv.weight, std=1e-6)
+                nn.init.zeros_(conv.bias)
+        masks = band_masks(self.k_list, device=self.band_convs[0].weight.device)
+        self.register_buffer('masks', masks, persistent=False)
 
     def init_non_persistent_buffers(self) -> None:
         self.masks = band_masks(self.k_list, device=self.band_convs[0].weight.device)
 
-    def _attention(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        return modulation_act(self.band_convs[index](x), self.act, 2.0).float()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
+        height, width = x.shape[-2], x.shape[-1]
         x32 = x.float()
         spectrum = torch.fft.rfft2(x32, norm='ortho')
-        masks = F.interpolate(self.masks.float(), size=(height, width // 2 + 1), mode='nearest')
+        masks = F.interpolate(self.masks.float(), size=[height, width // 2 + 1], mode='nearest')
         out = torch.zeros_like(x32)
         higher = x32
-        for i in range(len(self.k_list)):
-            lower = torch.fft.irfft2(spectrum * masks[i], s=(height, width), norm='ortho')
-            out = out + self._attention(i, x) * (higher - lower)
-            higher = lower
-        if self.lowfreq_att:
-            out = out + self._attention(len(self.k_list), x) * higher
-        else:
-            out = out + higher
-        return out.to(x.dtype)
+        for i, conv in enumerate(self.band_convs):
+            attention = modulation_act(conv(x), self.act, 2.0).float()
+            if i < len(self.k_list):
+                lower = torch.fft.irfft2(spectrum * masks[i], s=[height, width], norm='ortho')
+                out = out + attention * (higher - lower)
+                higher = lower
+            else:  # the optional attention on the lowest band
+                higher = attention * higher
+        return (out + higher).to(x.dtype)

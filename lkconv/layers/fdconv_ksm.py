@@ -8,7 +8,9 @@ Both branches read the globally pooled input g (B, Cin, 1, 1):
   giving one logit per (output channel, kernel row, kernel column, input channel): a dense
   Cout x Cin x k x k modulation.
 
-All heads start with (near-)zero weights, so every attention starts at its neutral value.
+All heads start with weights of scale 1e-6 (the official init), so every attention starts near its
+neutral value; `FDConv.zero_attention_heads` makes them exactly neutral. The 1x1 convs act on pooled
+vectors and run as the linear maps they are.
 """
 import math
 from typing import Optional, Tuple
@@ -80,6 +82,8 @@ class KernelSpatialModulationGlobal(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.fc.weight.is_meta:
+            return  # no values to set (and torch's normal_ is slow on meta tensors)
         for conv in (self.fc, self.channel_fc, self.filter_fc, self.spatial_fc, self.kernel_fc):
             if conv is not None:
                 nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
@@ -92,36 +96,45 @@ class KernelSpatialModulationGlobal(nn.Module):
                 nn.init.normal_(head.weight, std=1e-6)
 
     def _normalize(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden.reshape(hidden.shape[0], -1, 1, 1)
         if self.training and hidden.shape[0] == 1:
             # a single pooled vector has no batch statistics (the official layer raises here): use the running ones
             norm = self.norm
-            return F.batch_norm(
+            hidden = F.batch_norm(
                 hidden, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0., norm.eps)
-        return self.norm(hidden)
+        else:
+            hidden = self.norm(hidden)
+        return hidden.flatten(1)
+
+    def _attention(self, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return modulation_act(_pointwise(hidden, weight, bias), self.act_type, self.att_multi, self.temperature)
 
     def forward(
             self, pooled: torch.Tensor
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
         """(channel (B, Cin), filter (B, Cout), spatial (B, k*k), band (B, P, n)) attentions; None where absent."""
         batch = pooled.shape[0]
-        hidden = self.act(self._normalize(self.fc(pooled)))
+        hidden = self.act(self._normalize(_pointwise(pooled.flatten(1), self.fc.weight, None)))
         channel = filt = spatial = None
         if self.channel_fc is not None:
-            channel = modulation_act(self.channel_fc(hidden), self.act_type, self.att_multi, self.temperature)
-            channel = channel.reshape(batch, -1)
+            channel = self._attention(hidden, self.channel_fc.weight, self.channel_fc.bias)
         if self.filter_fc is not None:
-            filt = modulation_act(self.filter_fc(hidden), self.act_type, self.att_multi, self.temperature)
-            filt = filt.reshape(batch, -1)
+            filt = self._attention(hidden, self.filter_fc.weight, self.filter_fc.bias)
         if self.spatial_fc is not None:
-            spatial = modulation_act(self.spatial_fc(hidden), self.act_type, self.att_multi, self.temperature)
-            spatial = spatial.reshape(batch, -1)
+            spatial = self._attention(hidden, self.spatial_fc.weight, self.spatial_fc.bias)
         bands = self.kernel_num * self.param_ratio
-        logits = self.kernel_fc(hidden).reshape(batch, self.param_ratio, self.kernel_num)
+        logits = _pointwise(hidden, self.kernel_fc.weight, self.kernel_fc.bias)
+        logits = logits.reshape(batch, self.param_ratio, self.kernel_num)
         if self.act_type == 'sigmoid':
             band = torch.sigmoid(logits / self.kernel_temperature) * (2. / bands)
         else:
             band = (1 + torch.tanh(logits / self.kernel_temperature)) / bands
         return channel, filt, spatial, band
+
+
+def _pointwise(vectors: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """A 1x1 conv applied to pooled (B, C) vectors, as the linear map it is (no conv-call overhead)."""
+    return F.linear(vectors, weight.flatten(1), bias)
 
 
 def ksm_local_kernel_size(in_chs: int) -> int:

@@ -10,6 +10,7 @@ per-sample attention value scales each band, and the inverse transform gives tha
 (n frequency-disjoint kernels mixed by attention).
 """
 import functools
+
 import torch
 
 __all__ = ['spatial_to_fourier', 'fourier_to_spatial', 'fourier_scale', 'frequency_groups', 'synthesize_weight']
@@ -34,7 +35,8 @@ def spatial_to_fourier(weight: torch.Tensor, param_ratio: int = 1) -> torch.Tens
     if weight.dim() == 2:
         weight = weight[:, :, None, None]
     if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
-        raise ValueError(f'expected a square conv weight (Cout, Cin, k, k) or a linear weight, got {tuple(weight.shape)}')
+        raise ValueError(
+            f'expected a square conv weight (Cout, Cin, k, k) or a linear weight, got {tuple(weight.shape)}')
     out_chs, in_chs, k, _ = weight.shape
     matrix = weight.float().permute(0, 2, 1, 3).reshape(out_chs * k, in_chs * k)
     spectrum = torch.view_as_real(torch.fft.rfft2(matrix))
@@ -43,16 +45,14 @@ def spatial_to_fourier(weight: torch.Tensor, param_ratio: int = 1) -> torch.Tens
 
 
 def fourier_to_spatial(spectrum: torch.Tensor, in_chs: int, kernel_size: int) -> torch.Tensor:
-    """Inverse of the layout: a real spectrum (..., Cout*k, W', 2) -> spatial weights (..., Cout, Cin, k, k).
+    """Inverse of the layout: complex spectra (B, Cout*k, W') -> spatial weights (B, Cout, Cin, k, k).
 
     Unscaled: the caller applies the 1/m (or attention) factors. The output width Cin*k is passed
     explicitly, so an odd Cin*k is reconstructed correctly.
     """
-    rows, k = spectrum.shape[-3], kernel_size
-    matrix = torch.fft.irfft2(torch.view_as_complex(spectrum.float().contiguous()), s=(rows, in_chs * k))
-    lead = matrix.shape[:-2]
-    weight = matrix.reshape(*lead, rows // k, k, in_chs, k)
-    return weight.transpose(-3, -2)
+    batch, rows, k = spectrum.shape[0], spectrum.shape[1], kernel_size
+    matrix = torch.fft.irfft2(spectrum, s=[rows, in_chs * k])
+    return matrix.reshape(batch, rows // k, k, in_chs, k).transpose(2, 3)
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,7 +92,13 @@ def synthesize_weight(
     `band_attention` (B, P, n) already includes the synthesis gain m*n*P; every coefficient is scaled by
     the attention of its band (`groups`), the P copies are summed and transformed back.
     """
-    batch, copies, _ = band_attention.shape
-    scale = band_attention.float().index_select(2, groups.flatten()).reshape(batch, copies, *groups.shape)
-    spectrum = (fourier_weight.float().unsqueeze(0) * scale.unsqueeze(-1)).sum(1)
+    batch, copies = band_attention.shape[0], band_attention.shape[1]
+    rows, cols = groups.shape[0], groups.shape[1]
+    # gather each coefficient's band attention: (B*P, n) -> (B*P, rows*cols)
+    scale = band_attention.float().reshape(batch * copies, -1).index_select(1, groups.flatten())
+    spectra = torch.view_as_complex(fourier_weight.float())
+    if copies == 1:
+        spectrum = spectra[0] * scale.reshape(batch, rows, cols)
+    else:
+        spectrum = (spectra * scale.reshape(batch, copies, rows, cols)).sum(1)
     return fourier_to_spatial(spectrum, in_chs, kernel_size)

@@ -8,8 +8,9 @@ from .unireplknet import UniRepLKNet
 from .inceptionnext import InceptionNeXt
 from .van import VAN
 from .lsnet import LSNet
+from .fdconv_nets import FDConvInceptionNeXt, FDConvResNet, FDConvUniRepLKNet
 
-_FAMILY_MODULES = ('unireplknet', 'inceptionnext', 'van', 'lsnet')
+_FAMILY_MODULES = ('unireplknet', 'inceptionnext', 'van', 'lsnet', 'fdconv_nets')
 
 
 def list_models(filter: str = '', pretrained: bool = False) -> List[str]:

@@ -1,0 +1,66 @@
+"""Where this process runs: device, rank and world size, from torchrun's environment (one or many nodes)
+or a single process. Built on timm's `init_distributed_device_so`."""
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from timm.utils.distributed import init_distributed_device_so
+
+__all__ = ['DistributedContext', 'setup_distributed', 'resolve_device_name']
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_primary(self) -> bool:
+        """Rank 0: the only process that logs and writes files."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if not self.distributed:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of `value` over all processes."""
+        if not self.distributed:
+            return value
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return value / self.world_size
+
+    def close(self) -> None:
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_device_name(device: str) -> str:
+    """`auto` becomes cuda when a GPU is visible, else cpu."""
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+def setup_distributed(device: str = 'auto', backend: Optional[str] = None) -> DistributedContext:
+    """Join the process group torchrun (or SLURM) describes, if any; each rank gets its own GPU."""
+    info = init_distributed_device_so(device=resolve_device_name(device), dist_backend=backend)
+    return DistributedContext(
+        device=torch.device(info['device']), rank=info['global_rank'], local_rank=info['local_rank'],
+        world_size=info['world_size'])

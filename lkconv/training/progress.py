@@ -1,0 +1,73 @@
+"""Progress output of a run: the log (console and `train.log`, rank 0 only) and progress lines with
+running loss, learning rate, throughput and time left."""
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+__all__ = ['ProgressMeter', 'close_run_logger', 'format_duration', 'open_run_logger']
+
+_LOGGER_NAME = 'lkconv.train'
+
+
+def open_run_logger(log_file: Optional[Path], primary: bool) -> logging.Logger:
+    """The run's logger: INFO to stdout and `log_file` on the primary process; warnings only elsewhere."""
+    logger = logging.getLogger(_LOGGER_NAME)
+    close_run_logger(logger)
+    logger.setLevel(logging.INFO if primary else logging.WARNING)
+    logger.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter('%(asctime)s %(message)s', datefmt='%H:%M:%S'))
+    logger.addHandler(console)
+    if primary and log_file is not None:
+        file = logging.FileHandler(log_file, encoding='utf-8')
+        file.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%Y-%m-%d %H:%M:%S'))
+        logger.addHandler(file)
+    return logger
+
+
+def close_run_logger(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0) + 0.5)
+    return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+class ProgressMeter:
+    """Timing of one training epoch; `line()` renders a progress line.
+
+    Throughput counts the images of all processes; the time left covers this epoch and, at this
+    epoch's pace, the `epochs_after` still to come.
+    """
+
+    def __init__(self, epoch: int, epochs: int, steps: int, epochs_after: int):
+        self.epoch, self.epochs, self.steps, self.epochs_after = epoch, epochs, steps, epochs_after
+        self.start = time.perf_counter()
+        self.images = 0
+        self.done = 0
+
+    def step(self, global_images: int) -> None:
+        self.images += global_images
+        self.done += 1
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def img_per_sec(self) -> float:
+        return self.images / max(self.elapsed, 1e-9)
+
+    def line(self, loss: float, loss_avg: float, lr: float) -> str:
+        per_step = self.elapsed / max(self.done, 1)
+        epoch_left = per_step * (self.steps - self.done)
+        run_left = epoch_left + per_step * self.steps * self.epochs_after
+        width = len(str(self.steps))
+        return (f'epoch {self.epoch}/{self.epochs} [{self.done:>{width}}/{self.steps}] '
+                f'loss {loss:.4f} (avg {loss_avg:.4f}) lr {lr:.3e} {self.img_per_sec:.1f} img/s  '
+                f'eta {format_duration(epoch_left)} (run {format_duration(run_left)})')
