@@ -13,6 +13,8 @@ from . import __version__
 # modules providing sub-commands, in the order they appear in `lkconv --help`
 COMMAND_MODULES = (
     'lkconv.commands',
+    'lkconv.benchmark_commands',
+    'lkconv.deploy_commands',
     'lkconv.training.commands',
 )
 

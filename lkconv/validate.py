@@ -21,6 +21,7 @@ from timm.data import create_dataset, resolve_data_config
 from timm.utils import reparameterize_model
 
 from .config import parse_config
+from .deploy_checkpoint import is_deploy_checkpoint, load_deploy_model
 from .data import DIGITS, create_eval_loader, dataset_num_classes, default_digits_dir, write_digits_imagefolder
 from .train import create_train_model
 from .training.checkpoint import CheckpointError, load_checkpoint
@@ -38,6 +39,7 @@ class ValidateOptions:
     model: Optional[str] = None  # needed unless `checkpoint` is an lkconv training checkpoint
     checkpoint: Optional[str] = None
     pretrained: bool = False  # evaluate the model's published weights (when no checkpoint is given)
+    random_init: bool = False  # neither: build the model with random weights (for export/reparam checks)
     dataset: str = ''
     split: str = 'validation'
     class_map: str = ''
@@ -61,13 +63,26 @@ def _is_training_checkpoint(checkpoint: Dict[str, Any]) -> bool:
     return 'config' in checkpoint and 'state_dict' in checkpoint
 
 
+def _with_overrides(data_config: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """A checkpoint's stored data config with the command line's values over it."""
+    data_config = dict(data_config, **overrides)
+    if 'img_size' in overrides:
+        data_config['input_size'] = (data_config['input_size'][0], overrides['img_size'], overrides['img_size'])
+    return data_config
+
+
 def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any], str]:
     """The model in eval mode with its weights, its evaluation data config, and its name."""
     overrides = dict(img_size=options.img_size, crop_pct=options.crop_pct, crop_mode=options.crop_mode,
                      interpolation=options.interpolation)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     checkpoint = load_checkpoint(options.checkpoint) if options.checkpoint else None
-    if checkpoint is not None and _is_training_checkpoint(checkpoint):
+    if is_deploy_checkpoint(checkpoint):  # written by `lkconv reparam`: already in the deploy form
+        model, data_config, name = load_deploy_model(checkpoint)
+        if options.model and options.model.split('.')[0] != name.split('.')[0]:
+            raise CheckpointError(f"checkpoint '{options.checkpoint}' is of {name}, not {options.model}")
+        data_config = _with_overrides(data_config, overrides)
+    elif checkpoint is not None and _is_training_checkpoint(checkpoint):
         # the weights come from the checkpoint; the run's data and weight files need not exist here
         config = parse_config(checkpoint['config'], origin=options.checkpoint, check_files=False,
                               overrides=['model.pretrained=false', 'model.pretrained_path=null',
@@ -83,14 +98,11 @@ def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any]
             model.load_state_dict(checkpoint[key])
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint '{options.checkpoint}' does not match {name}: {e}") from e
-        data_config = dict(checkpoint['data_config'])
-        data_config.update(overrides)
-        if 'img_size' in overrides:
-            data_config['input_size'] = (data_config['input_size'][0], overrides['img_size'], overrides['img_size'])
+        data_config = _with_overrides(checkpoint['data_config'], overrides)
     else:
         if not options.model:
             raise ValueError('name the model (--model): the checkpoint does not say which model it is for')
-        if checkpoint is None and not options.pretrained:
+        if checkpoint is None and not (options.pretrained or options.random_init):
             raise ValueError('give a checkpoint to evaluate, or --pretrained for the published weights')
         kwargs: Dict[str, Any] = {}
         if options.num_classes is not None:
@@ -104,7 +116,7 @@ def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any]
             kwargs['pretrained_cfg_overlay'] = overlay
         name = options.model
         try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            model = timm.create_model(name, pretrained=checkpoint is not None or options.pretrained, **kwargs)
         except RuntimeError as e:
             if not options.checkpoint:
                 raise

@@ -179,15 +179,17 @@ def test_input_sizes_shapes(name, size):
     assert model.forward_head(final).shape == (BATCH, model.num_classes)
 
 
+@pytest.mark.parametrize('features_only', [False, True], ids=['model', 'features_only'])
 @pytest.mark.parametrize('name', MODELS)
-def test_bad_inputs_have_clear_errors(name):
-    model = _meta(name)
+def test_bad_inputs_have_clear_errors(name, features_only):
+    model = _meta(name, features_only=features_only)
+    min_size = _meta(name).min_input_size
     with pytest.raises(ValueError, match='input channels'):
         model(_input(96, chans=4, device='meta'))
     with pytest.raises(ValueError, match='4-D'):
         model(torch.randn(3, 96, 96, device='meta'))
     with pytest.raises(ValueError, match='too small'):
-        model(_input(model.min_input_size - 1, device='meta'))
+        model(_input(min_size - 1, device='meta'))
 
 
 @pytest.mark.parametrize('name', MODELS)

@@ -35,6 +35,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .fdconv_fbm import FrequencyBandModulation
 from .fdconv_ksm import KernelSpatialModulationGlobal, KernelSpatialModulationLocal, modulation_act
@@ -94,6 +95,8 @@ def real_fft2_macs(height: int, width: int) -> float:
     return 1.25 * points * math.log2(points) if points > 1 else 0.
 
 
+# fx: one leaf call (how the attentions are applied depends on the feature map size, a Python-level branch)
+@register_notrace_module
 class FDConv(nn.Conv2d):
     """Frequency Dynamic Convolution; same constructor as `nn.Conv2d`, plus the FDConv options.
 

@@ -113,6 +113,31 @@ class KernelSpatialModulationGlobal(nn.Module):
             self, pooled: torch.Tensor
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
         """(channel (B, Cin), filter (B, Cout), spatial (B, k*k), band (B, P, n)) attentions; None where absent."""
+        if torch.jit.is_scripting():
+            return self._attentions(pooled)
+        return self._attentions_outside_autocast(pooled)
+
+    @torch.jit.unused
+    def _attentions_outside_autocast(
+            self, pooled: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
+        """Under autocast, run the MLP in the parameters' dtype instead of float16 / bfloat16.
+
+        In float16 StarReLU's square overflows once a hidden unit passes 256 (inputs far outside the
+        BatchNorm statistics), and the heads then turn inf into NaN attentions. The MLP acts on pooled
+        vectors, so full precision costs nothing; without autocast this is the plain computation.
+        """
+        if not isinstance(pooled, torch.Tensor):  # symbolic tracing: a proxy has no device, trace the plain MLP
+            return self._attentions(pooled)
+        device_type = pooled.device.type
+        if not (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+            return self._attentions(pooled)
+        with torch.autocast(device_type, enabled=False):
+            return self._attentions(pooled.to(self.fc.weight.dtype))
+
+    def _attentions(
+            self, pooled: torch.Tensor
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
         batch = pooled.shape[0]
         hidden = self.act(self._normalize(_pointwise(pooled.flatten(1), self.fc.weight, None)))
         channel = filt = spatial = None

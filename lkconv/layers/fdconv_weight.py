@@ -96,9 +96,8 @@ def synthesize_weight(
     rows, cols = groups.shape[0], groups.shape[1]
     # gather each coefficient's band attention: (B*P, n) -> (B*P, rows*cols)
     scale = band_attention.float().reshape(batch * copies, -1).index_select(1, groups.flatten())
-    spectra = torch.view_as_complex(fourier_weight.float())
-    if copies == 1:
-        spectrum = spectra[0] * scale.reshape(batch, rows, cols)
-    else:
-        spectrum = (spectra * scale.reshape(batch, copies, rows, cols)).sum(1)
-    return fourier_to_spatial(spectrum, in_chs, kernel_size)
+    # scaled and summed as [real, imag] pairs: complex tensors only meet the inverse FFT, which keeps
+    # the graph exportable (ONNX has no complex dtype; exporters map only FFTs onto pairs)
+    scale = scale.reshape(batch, copies, rows, cols, 1)
+    spectrum = (fourier_weight.float() * scale).sum(1) if copies > 1 else fourier_weight[0].float() * scale[:, 0]
+    return fourier_to_spatial(torch.view_as_complex(spectrum), in_chs, kernel_size)

@@ -17,11 +17,11 @@ import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureListNet, feature_take_indices
 
 from .._input import check_image_input
 
-__all__ = ['StagedBackbone', 'create_backbone']
+__all__ = ['StagedBackbone', 'CheckedFeatureListNet', 'create_backbone']
 
 # torch.fx records the input check as one call instead of tracing its shape-dependent branches
 torch.fx.wrap('check_image_input')
@@ -129,12 +129,26 @@ class StagedBackbone(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class CheckedFeatureListNet(FeatureListNet):
+    """timm's `features_only` wrapper with the model's input check: it runs the model's children itself,
+    so without this a bad input would fail deep inside the stem with an unrelated message."""
+
+    def __init__(self, model: nn.Module, out_indices=(0, 1, 2, 3, 4), output_fmt: str = 'NCHW',
+                 feature_concat: bool = False, flatten_sequential: bool = False):
+        in_chans, min_size = model.in_chans, model.min_input_size
+        super().__init__(model, out_indices, output_fmt, feature_concat, flatten_sequential)
+        self.input_chans, self.min_input_size = in_chans, min_size
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return super().forward(check_image_input(x, self.input_chans, self.min_input_size))
+
+
 def create_backbone(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
     """`build_model_with_cfg` with the stage-level feature config every family uses.
 
     A `feature_cfg` given by the caller is merged over the default rather than colliding with it.
     """
-    feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
+    feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True, feature_cls=CheckedFeatureListNet)
     feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
     return build_model_with_cfg(
         model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs)

@@ -40,9 +40,12 @@ from timm.models.resnet import Bottleneck, ResNet
 from .._input import check_image_input
 from ..layers import convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
 from . import inceptionnext, unireplknet
-from ._backbone import create_backbone
+from ._backbone import CheckedFeatureListNet, create_backbone
 from .inceptionnext import InceptionNeXt
 from .unireplknet import UniRepLKNet, UniRepLKNetMlp
+
+# torch.fx records the input check as one call instead of tracing its shape-dependent branches
+torch.fx.wrap('check_image_input')
 
 __all__ = ['FDConvResNet', 'FDConvUniRepLKNet', 'FDConvInceptionNeXt', 'FDConvUniRepLKNetMlp', 'checkpoint_filter_fn']
 
@@ -270,7 +273,7 @@ def checkpoint_filter_fn(
 
 
 def _create_fdconv_resnet(variant: str, pretrained: bool = False, **kwargs) -> FDConvResNet:
-    feature_cfg = dict(out_indices=(0, 1, 2, 3))
+    feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls=CheckedFeatureListNet)
     feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
     return build_model_with_cfg(
         FDConvResNet, variant, pretrained, feature_cfg=feature_cfg,

@@ -1,0 +1,75 @@
+"""ONNX export of a (re-parameterised) model and its check against onnxruntime.
+
+Export goes through `torch.onnx.export(..., dynamo=True)`, the exporter PyTorch maintains (it needs the
+`onnxscript` package), at its default opset. It is the one that translates FFTs (FDConv) into ONNX's
+DFT operator; SKA (LSNet) exports as the plain PyTorch computation it is defined by, because ONNX export
+traces with the PyTorch backends of `lkconv.layers` selected (a GPU kernel would be an opaque custom op).
+"""
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from .layers import get_depthwise_backend, get_ska_backend, set_depthwise_backend, set_ska_backend
+
+__all__ = ['export_onnx', 'run_onnx', 'relative_error']
+
+
+@contextmanager
+def _torch_backends() -> Iterator[None]:
+    backends = get_depthwise_backend(), get_ska_backend()
+    set_depthwise_backend('torch')
+    set_ska_backend('torch')
+    try:
+        yield
+    finally:
+        set_depthwise_backend(backends[0])
+        set_ska_backend(backends[1])
+
+
+def export_onnx(
+        model: nn.Module,
+        example: torch.Tensor,
+        path: Union[str, Path],
+        dynamic_batch: bool = True,
+        opset: Optional[int] = None,
+) -> Path:
+    """Write `model` (in eval mode) as ONNX, traced on `example` (B, C, H, W); input 'input', output 'output'.
+
+    With `dynamic_batch` the batch dimension is symbolic, so the file runs at any batch size; the image
+    size is fixed at the example's (as in timm's `onnx_export`): several architectures derive shapes from
+    it (LSNet's attention biases, FDConv's band masks).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        dynamic_shapes = ({0: torch.export.Dim('batch')},)
+        if example.shape[0] == 1:  # torch.export specialises a size-1 dimension: trace at batch 2
+            example = example.expand(2, -1, -1, -1)
+    with _torch_backends(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # exporter progress warnings about decompositions and opsets
+        program = torch.onnx.export(
+            model, (example,), input_names=['input'], output_names=['output'], dynamic_shapes=dynamic_shapes,
+            opset_version=opset, dynamo=True, verbose=False, report=False)
+    program.save(str(path))
+    return path
+
+
+def run_onnx(path: Union[str, Path], x: torch.Tensor) -> torch.Tensor:
+    """Run an exported file with onnxruntime on the CPU."""
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    output, = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
+    return torch.from_numpy(output)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|: the error relative to the output's scale."""
+    expected = expected.detach().float().cpu()
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    return float((actual.float().cpu() - expected).abs().max() / scale)
