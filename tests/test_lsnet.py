@@ -168,15 +168,12 @@ def test_lsconv_exports():
 
 
 def test_lsconv_onnx_export(tmp_path):
-    import onnxruntime
+    from lkconv.onnx_export import export_onnx, run_onnx
     conv = LSConv(16).eval()
-    x = torch.randn(1, 16, 8, 8)
-    path = str(tmp_path / 'lsconv.onnx')
-    torch.onnx.export(conv, (x,), path, dynamo=False)
-    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    x = torch.randn(2, 16, 8, 8)
+    path = export_onnx(conv, x, tmp_path / 'lsconv.onnx')
     with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(out), conv(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(run_onnx(path, x), conv(x), rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ reparam
