@@ -36,7 +36,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import NativeScaler, reparameterize_model
 
 from .flops import FLOP_CONVENTION, count_flops
-from .layers import get_depthwise_backend, get_ska_backend, set_depthwise_backend, set_ska_backend
+from .layers import layer_backends
 from .models import list_models
 from .version import __version__
 
@@ -478,14 +478,8 @@ def run_benchmark(
         if on_update is not None:
             on_update(result(copy.deepcopy(rows), complete=False))
 
-    backends = get_depthwise_backend(), get_ska_backend()
-    set_depthwise_backend(settings.depthwise_backend)
-    set_ska_backend(settings.ska_backend)
-    try:
+    with layer_backends(depthwise=settings.depthwise_backend, ska=settings.ska_backend):
         rows = _Session(specs, settings, progress, publish).run()
-    finally:
-        set_depthwise_backend(backends[0])
-        set_ska_backend(backends[1])
     return result(rows, complete=True)
 
 

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 
-from .layers import SKA, get_depthwise_backend, set_depthwise_backend, small_kernel_aggregation
+from .layers import SKA, layer_backends, small_kernel_aggregation
 
 __all__ = ['FlopCount', 'count_flops', 'fft_macs', 'FLOP_CONVENTION']
 
@@ -150,16 +150,14 @@ def _ska_handle(inputs, outputs) -> Counter:
 def _countable(model: nn.Module) -> Iterator[None]:
     """Trace depthwise convs as aten convolutions and each SKA module as one `_SmallKernelAggregationOp`."""
     ska_modules = [m for m in model.modules() if isinstance(m, SKA)]
-    backend = get_depthwise_backend()
-    set_depthwise_backend('torch')
     for m in ska_modules:
         m.forward = _SmallKernelAggregationOp.apply  # instance attribute, shadows SKA.forward
     try:
-        yield
+        with layer_backends(depthwise='torch'):
+            yield
     finally:
         for m in ska_modules:
             del m.forward
-        set_depthwise_backend(backend)
 
 
 # ----------------------------------------------------------------------------------------- the table

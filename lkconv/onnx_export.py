@@ -6,28 +6,15 @@ DFT operator; SKA (LSNet) exports as the plain PyTorch computation it is defined
 traces with the PyTorch backends of `lkconv.layers` selected (a GPU kernel would be an opaque custom op).
 """
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
 
-from .layers import get_depthwise_backend, get_ska_backend, set_depthwise_backend, set_ska_backend
+from .layers import layer_backends
 
 __all__ = ['export_onnx', 'run_onnx', 'relative_error']
-
-
-@contextmanager
-def _torch_backends() -> Iterator[None]:
-    backends = get_depthwise_backend(), get_ska_backend()
-    set_depthwise_backend('torch')
-    set_ska_backend('torch')
-    try:
-        yield
-    finally:
-        set_depthwise_backend(backends[0])
-        set_ska_backend(backends[1])
 
 
 def export_onnx(
@@ -51,7 +38,7 @@ def export_onnx(
         dynamic_shapes = ({0: torch.export.Dim('batch')},)
         if example.shape[0] == 1:  # torch.export specialises a size-1 dimension: trace at batch 2
             example = example.expand(2, -1, -1, -1)
-    with _torch_backends(), torch.no_grad(), warnings.catch_warnings():
+    with layer_backends(depthwise='torch', ska='torch'), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # exporter progress warnings about decompositions and opsets
         program = torch.onnx.export(
             model, (example,), input_names=['input'], output_names=['output'], dynamic_shapes=dynamic_shapes,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lkconv.kernels import selection
-from lkconv.layers import DepthwiseConv2d, LSConv, set_depthwise_backend, set_ska_backend
+from lkconv.layers import DepthwiseConv2d, LSConv, layer_backends
 from lkconv.layers.ska import _torch_ska
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -132,18 +132,13 @@ def _triton_ska_with_grads(x, weight, grad, tile=None):
 
 def _module_with_backend(module, x, backend, autocast_dtype=None):
     """Forward + backward of `module` with every depthwise conv / SKA forced to `backend`."""
-    set_depthwise_backend(backend)
-    set_ska_backend(backend)
     module.zero_grad(set_to_none=True)
-    try:
+    with layer_backends(depthwise=backend, ska=backend):
         x = x.detach().requires_grad_()
         with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             y = module(x)
         y.float().square().sum().backward()
         return y.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()}
-    finally:
-        set_depthwise_backend('auto')
-        set_ska_backend('auto')
 
 
 def _opcheck(op_name, args):

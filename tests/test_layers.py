@@ -55,6 +55,25 @@ def test_depthwise_backend_dispatch():
         depthwise_conv._BACKENDS[:] = [b for b in depthwise_conv._BACKENDS if b.name != 'fake']
 
 
+def test_layer_backends_selects_and_restores():
+    from lkconv.layers import get_depthwise_backend, get_ska_backend, layer_backends
+    with layer_backends(depthwise='torch'):
+        assert (get_depthwise_backend(), get_ska_backend()) == ('torch', 'auto')
+        with layer_backends(ska='torch'):
+            assert (get_depthwise_backend(), get_ska_backend()) == ('torch', 'torch')
+        assert get_ska_backend() == 'auto'
+    assert get_depthwise_backend() == 'auto'
+    # an unknown name raises after the first selection was made: both are restored
+    with pytest.raises(ValueError, match='Unknown SKA backend'):
+        with layer_backends(depthwise='torch', ska='nope'):
+            pass
+    assert (get_depthwise_backend(), get_ska_backend()) == ('auto', 'auto')
+    with pytest.raises(RuntimeError, match='inside'):
+        with layer_backends(depthwise='torch', ska='torch'):
+            raise RuntimeError('inside')
+    assert (get_depthwise_backend(), get_ska_backend()) == ('auto', 'auto')
+
+
 def test_dilate_and_pad_kernel_match_dilated_conv():
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(6, 1, 3, 3, generator=gen)
