@@ -43,7 +43,7 @@ from .version import __version__
 __all__ = [
     'count_params', 'count_gmacs', 'time_forward', 'Timing', 'ModelSpec', 'resolve_models', 'BenchSettings',
     'BenchmarkResult', 'run_benchmark', 'published_top1', 'write_results', 'format_table', 'CSV_COLUMNS',
-    'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD',
+    'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD', 'describe_run',
 ]
 
 PRECISIONS = {'fp32': None, 'amp_bf16': torch.bfloat16, 'amp_fp16': torch.float16}
@@ -481,6 +481,15 @@ def run_benchmark(
     with layer_backends(depthwise=settings.depthwise_backend, ska=settings.ska_backend):
         rows = _Session(specs, settings, progress, publish).run()
     return result(rows, complete=True)
+
+
+def describe_run(meta: Dict) -> str:
+    """'<device>, <precision>, batch <n>, <layout>[, torch.compile]': what every figure of a run depends on."""
+    s = meta.get('settings', {})
+    layout = 'channels_last' if s.get('channels_last') else 'NCHW'
+    compiled = ', torch.compile' if s.get('compile') else ''
+    device = meta.get('device_name', s.get('device', ''))
+    return f"{device}, {s.get('precision')}, batch {s.get('batch_size')}, {layout}{compiled}"
 
 
 def _meta(settings: BenchSettings, baseline: Optional[str], started: float, complete: bool) -> Dict:

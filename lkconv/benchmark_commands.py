@@ -11,8 +11,8 @@ from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 from .benchmark import (
-    BENCH_MODES, FORMS, PRECISIONS, TIMING_METHOD, BenchSettings, format_table, resolve_models, run_benchmark,
-    write_results,
+    BENCH_MODES, FORMS, PRECISIONS, TIMING_METHOD, BenchSettings, describe_run, format_table, resolve_models,
+    run_benchmark, write_results,
 )
 from .commands import resolve_model_name
 from .erf import DEFAULT_THRESHOLDS, area_ratios, erf_map
@@ -54,12 +54,9 @@ def _read_top1(path: str) -> Dict[str, float]:
 
 
 def _describe(settings: BenchSettings, meta: Dict) -> str:
-    layout = 'channels_last' if settings.channels_last else 'NCHW'
-    compiled = ', torch.compile' if settings.compile else ''
-    return (f"device {meta['device_name']} ({settings.device}, {meta['threads']} threads), {settings.precision}, "
-            f"batch {settings.batch_size}, {layout}{compiled}, backends depthwise={settings.depthwise_backend} "
-            f"ska={settings.ska_backend}; inference form: {', '.join(settings.forms)}; "
-            f"torch {meta['torch']}, timm {meta['timm']}")
+    return (f"device {describe_run(meta)} ({settings.device}, {meta['threads']} threads), backends "
+            f"depthwise={settings.depthwise_backend} ska={settings.ska_backend}; inference form: "
+            f"{', '.join(settings.forms)}; torch {meta['torch']}, timm {meta['timm']}")
 
 
 def cmd_bench(args) -> int:

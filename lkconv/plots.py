@@ -8,6 +8,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .benchmark import describe_run
+
 __all__ = ['plot_speed', 'plot_accuracy', 'plot_erf', 'save_benchmark_plots']
 
 _AXIS_LABELS = {
@@ -73,14 +75,6 @@ def _log_axes(ax, y_too: bool = True) -> None:
     ax.tick_params(which='minor', labelsize=7)
 
 
-def _subtitle(meta: Dict) -> str:
-    s = meta.get('settings', {})
-    layout = 'channels_last' if s.get('channels_last') else 'NCHW'
-    compiled = ', torch.compile' if s.get('compile') else ''
-    return (f"{meta.get('device_name', s.get('device', ''))}, {s.get('precision')}, batch {s.get('batch_size')}, "
-            f'{layout}{compiled}')
-
-
 def _valid(rows: Sequence[Dict], *keys: str) -> List[Dict]:
     return [r for r in rows if all(isinstance(r.get(k), (int, float)) and r[k] > 0 for k in keys)]
 
@@ -94,7 +88,7 @@ def plot_speed(rows: Sequence[Dict], meta: Dict, path, x: str = 'infer_gmacs',
     fig = _figure()
     ax = fig.add_subplot()
     _scatter(ax, points, x, y, log_y=True)
-    ax.set_title(f"{_AXIS_LABELS.get(y, y)} vs {_AXIS_LABELS.get(x, x)}\n{_subtitle(meta)}", fontsize=10)
+    ax.set_title(f"{_AXIS_LABELS.get(y, y)} vs {_AXIS_LABELS.get(x, x)}\n{describe_run(meta)}", fontsize=10)
     fig.savefig(path)
     return Path(path)
 
@@ -107,7 +101,7 @@ def plot_accuracy(rows: Sequence[Dict], meta: Dict, path, x: str = 'infer_sample
     fig = _figure()
     ax = fig.add_subplot()
     _scatter(ax, points, x, 'top1', log_y=False)
-    ax.set_title(f"published top-1 vs {_AXIS_LABELS.get(x, x)}\n{_subtitle(meta)}", fontsize=10)
+    ax.set_title(f"published top-1 vs {_AXIS_LABELS.get(x, x)}\n{describe_run(meta)}", fontsize=10)
     fig.savefig(path)
     return Path(path)
 
