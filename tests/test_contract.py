@@ -15,11 +15,11 @@ import sys
 import pytest
 import timm
 import torch
-import torch.nn as nn
 from timm.models import get_pretrained_cfg, group_parameters
 from timm.utils import reparameterize_model
 
 import lkconv
+from perturb import randomize_batchnorm
 
 MODELS = lkconv.list_models()
 NUMERIC_MAX_PARAMS = 25_000_000
@@ -268,7 +268,7 @@ def test_bf16_stays_bf16(name):
 @pytest.mark.parametrize('name', NUMERIC_MODELS)
 def test_reparameterize_equivalent(name):
     model = timm.create_model(name).eval()
-    _randomize_norm_stats(model)
+    randomize_batchnorm(model)
     x = _input(SMALL)
     with torch.no_grad():
         ref = model(x)
@@ -278,18 +278,6 @@ def test_reparameterize_equivalent(name):
     assert sum(p.numel() for p in fused.parameters()) <= sum(p.numel() for p in model.parameters())
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
     torch.testing.assert_close(twice, out)
-
-
-def _randomize_norm_stats(model):
-    """Non-trivial BatchNorm statistics and affine terms, so that fusing them is actually exercised."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
 
 
 # ------------------------------------------------------------------------------ feature extraction

@@ -11,25 +11,17 @@ from lkconv.deploy_checkpoint import is_deploy_checkpoint, load_deploy_model, sa
 from lkconv.onnx_export import export_onnx, relative_error, run_onnx
 from lkconv.training.checkpoint import CheckpointError
 from lkconv.validate import ValidateOptions, load_eval_model
+from perturb import non_trivial
 from test_contract import SMALLEST_PER_FAMILY
 
 ONNX_TOLERANCE = 1e-4  # relative error, max |onnxruntime - PyTorch| / max |PyTorch|
 
 
-def trained_like(name, seed=0):
-    """A model whose normalisation statistics, affine parameters and layer scales are far from their
-    initial values, as after training: re-parameterisation then has real work to do."""
-    torch.manual_seed(seed)
-    model = timm.create_model(name).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-        for parameter in model.parameters():
-            if parameter.dim() == 1 or parameter.abs().max() < 1e-4:  # norms, biases, layer scales, zero inits
-                parameter.add_(torch.randn_like(parameter) * 0.1)
-    return model
+def trained_like(name):
+    """A model whose norms, biases, layer scales and BatchNorm statistics are far from their initial values,
+    as after training: re-parameterisation and export then have real work to do."""
+    torch.manual_seed(0)
+    return non_trivial(timm.create_model(name).eval())
 
 
 def test_relative_error_is_relative_to_the_output_scale():

@@ -14,6 +14,7 @@ from lkconv.layers.fdconv_ksm import ksm_local_kernel_size
 from lkconv.layers.fdconv_weight import frequency_groups, spatial_to_fourier, synthesize_weight
 from lkconv.models import FDConvResNet
 from parity import create_from_official, load_fixture, rel_error
+from perturb import randomize_batchnorm
 
 PARITY_CASES = ['k3_64_64', 'k3_128_128_s2', 'k1_256_64', 'k1_64_256', 'k3_64_64_bias']
 
@@ -266,17 +267,6 @@ def test_resnet50_matches_the_paper_layout():
     assert sum(extra.values()) == 3_647_120
 
 
-def _randomize_bn(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-
-
 def _official_names(state_dict):
     """Our FDConv keys under the official layer's names (the inverse of what the layer accepts)."""
     renames = (('fourier_weight', 'dft_weight'), ('ksm_global.norm.', 'KSM_Global.bn.'),
@@ -294,7 +284,7 @@ def test_resnet50_pretrained_from_timm_weights(tmp_path):
     """`pretrained=True` converts timm's ResNet-50 file on the fly; the mmdet layout loads too."""
     torch.manual_seed(0)
     base = timm.create_model('resnet50').eval()
-    _randomize_bn(base)  # zero-init last BNs would hide the converted conv3 layers
+    randomize_batchnorm(base)  # zero-init last BNs would hide the converted conv3 layers
     file = tmp_path / 'resnet50.pth'
     torch.save(base.state_dict(), file)
     model = timm.create_model('fdconv_resnet50', pretrained=True, pretrained_cfg_overlay=dict(file=str(file)))
@@ -342,7 +332,7 @@ def test_resnet_contract_numerics():
     """The checks the generic contract runs numerically below 25M parameters, on a one-block-per-stage net."""
     torch.manual_seed(0)
     model = FDConvResNet(layers=(1, 1, 1, 1), kernel_num=8).eval()
-    _randomize_bn(model)
+    randomize_batchnorm(model)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         features = model.forward_features(x)
@@ -364,7 +354,7 @@ def test_resnet_contract_numerics():
 def test_unireplknet_variant_reparameterizes():
     model = timm.create_model('fdconv_unireplknet_a', depths=(1, 1, 1, 1), kernel_sizes=((3,), (13,), (13,), (3,)))
     model.eval()
-    _randomize_bn(model)
+    randomize_batchnorm(model)
     with torch.no_grad():
         for block in (s.blocks[0] for s in model.stages):
             block.gamma.uniform_(0.5, 1.5)

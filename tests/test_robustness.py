@@ -2,7 +2,7 @@
 accepted input, float16 / bfloat16 autocast on CPU (whole models, and alone the layers where float16 could
 overflow), batch size 1 in training, and inputs no model can use.
 
-Most checks use `_non_trivial` weights: initialisation makes several branches nearly silent (layer scales of
+Most checks use `non_trivial` (tests/perturb.py) weights: initialisation makes several branches nearly silent (layer scales of
 1e-6, GRN and some BatchNorm weights at 0, zero attention biases, identity BatchNorm statistics), which would
 hide precision problems in exactly those branches.
 """
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lkconv.detection import TimmFpnBackbone
 from lkconv.layers import FDConv, GlobalResponseNormNHWC, LargeKernelAttention, LSConv
 from lkconv.models.lsnet import LSNetAttention
+from perturb import non_trivial
 
 FAMILY_MODELS = ['unireplknet_a', 'inceptionnext_atto', 'van_b0', 'lsnet_t', 'fdconv_inceptionnext_atto']
 LOW_PRECISION = [torch.bfloat16, torch.float16]
@@ -29,23 +30,6 @@ AUTOCAST_TOLERANCE_IN_U = 16
 
 def _unit_roundoff(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps / 2
-
-
-def _non_trivial(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values for every 1-D (or GRN-shaped) parameter and attention-bias table, and for the BatchNorm
-    statistics: biases ~ N(0, 0.1), scales ~ U(0.5, 1)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(('bias', 'attention_biases')):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            elif p.dim() == 1 or p.shape[:-1] == (1, 1, 1):
-                p.copy_(torch.rand(p.shape, generator=gen) * 0.5 + 0.5)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return model
 
 
 def _relative_l2(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -70,7 +54,7 @@ def _two_by_two_size(model: nn.Module) -> int:
 def test_unireplknet_384x128_stays_finite():
     """UniRepLKNet issue #14: at 384x128 stage 3 sees 12x4 maps under 13x13 kernels, reported to give NaN."""
     torch.manual_seed(0)
-    model = _non_trivial(timm.create_model('unireplknet_a', num_classes=10)).eval()
+    model = non_trivial(timm.create_model('unireplknet_a', num_classes=10)).eval()
     x = torch.randn(2, 3, 384, 128)
     with torch.no_grad():
         taps = model.forward_intermediates(x, intermediates_only=True)
@@ -101,7 +85,7 @@ def _train_steps_stay_finite(model, x, target, steps):
 @pytest.mark.parametrize('name', FAMILY_MODELS)
 def test_smallest_accepted_input(name):
     torch.manual_seed(0)
-    model = _non_trivial(timm.create_model(name, num_classes=10))
+    model = non_trivial(timm.create_model(name, num_classes=10))
     size = model.min_input_size
     # at the minimum size the deepest maps are 1x1, so train-mode BatchNorm normalises over the batch alone;
     # with 2 values per channel its output is +-1 whatever the input and the gradient is rounding noise
@@ -117,7 +101,7 @@ def test_smallest_accepted_input(name):
 @pytest.mark.parametrize('name', FAMILY_MODELS)
 def test_autocast_close_to_float32_and_trains(name, dtype):
     torch.manual_seed(0)
-    model = _non_trivial(timm.create_model(name, num_classes=10)).eval()
+    model = non_trivial(timm.create_model(name, num_classes=10)).eval()
     size = _two_by_two_size(model)
     x = torch.randn(4, 3, size, size)
     with torch.no_grad():
@@ -148,7 +132,7 @@ def test_autocast_with_unnormalised_inputs(name):
     per block; there float16 cannot represent the result, and no reduction order can help.
     """
     torch.manual_seed(0)
-    model = _non_trivial(timm.create_model(name)).eval()
+    model = non_trivial(timm.create_model(name)).eval()
     size = _two_by_two_size(model)
     x = torch.randn(2, 3, size, size) * 100
     peak = [0.]
@@ -207,7 +191,7 @@ def test_layers_with_large_inputs_under_autocast(case, dtype):
     """The layer receives a low-precision input, as it does inside an autocast network."""
     torch.manual_seed(0)
     make_layer, shape, scale = LARGE_INPUT_LAYERS[case]
-    layer = _non_trivial(make_layer()).eval()
+    layer = non_trivial(make_layer()).eval()
     x = (torch.randn(shape) * scale).to(dtype)
     with torch.no_grad():
         ref = layer(x.float())
@@ -227,7 +211,7 @@ def test_float16_cases_really_overflow_without_the_fixes():
     for case in ('fdconv_1x1', 'fdconv_3x3'):
         torch.manual_seed(0)
         make_layer, shape, scale = LARGE_INPUT_LAYERS[case]
-        ksm = _non_trivial(make_layer()).eval().ksm_global
+        ksm = non_trivial(make_layer()).eval().ksm_global
         pooled = (torch.randn(shape) * scale).half().mean(dim=(2, 3), keepdim=True)
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
             in_float16 = ksm._attentions(pooled)  # the attention MLP as autocast would run it
@@ -239,7 +223,7 @@ def test_float16_cases_really_overflow_without_the_fixes():
 def test_grn_float32_result_unchanged():
     """The float32 path of GRN is bit-for-bit the formula (only float16 / bfloat16 take the float32 norm)."""
     torch.manual_seed(0)
-    grn = _non_trivial(GlobalResponseNormNHWC(24))
+    grn = non_trivial(GlobalResponseNormNHWC(24))
     x = torch.randn(2, 9, 11, 24) * 10
     gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
     nx = gx / (gx.mean(dim=-1, keepdim=True) + grn.eps)
