@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean gpu-check gpu-check-smoke gpu-wheels
 
 setup: $(STAMP)
 
@@ -23,6 +23,23 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Everything lkconv promises on a GPU, verified and measured in at most 7 minutes (docs/benchmarks.md).
+# Runs with $(PYTHON) as it is, no .venv: a GPU machine brings its own torch and triton.
+GPU_CHECK_OUT ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) -m lkconv.bench.gpu_check $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_ARGS)
+
+# the same code paths on the CPU: tiny shapes, kernels interpreted, CUDA-only steps reported as skipped
+gpu-check-smoke: $(STAMP)
+	$(BIN)/python -m lkconv.bench.gpu_check --smoke $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT)) $(GPU_CHECK_ARGS)
+
+# wheels of the pinned timm for a GPU machine without network (Python 3.12), into .whl/
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$(grep '^timm==' constraints.txt)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -43,7 +43,7 @@ from .version import __version__
 __all__ = [
     'count_params', 'count_gmacs', 'time_forward', 'Timing', 'ModelSpec', 'resolve_models', 'BenchSettings',
     'BenchmarkResult', 'run_benchmark', 'published_top1', 'write_results', 'format_table', 'CSV_COLUMNS',
-    'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD', 'describe_run',
+    'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD', 'describe_run', 'device_name',
 ]
 
 PRECISIONS = {'fp32': None, 'amp_bf16': torch.bfloat16, 'amp_fp16': torch.float16}
@@ -178,6 +178,8 @@ class BenchSettings:
     precision: str = 'fp32'  # 'fp32', 'amp_bf16', 'amp_fp16'
     channels_last: bool = False
     compile: bool = False  # torch.compile the timed models (FLOPs are counted on the eager model)
+    compile_backend: str = 'inductor'  # the torch.compile backend when `compile` is set
+    flops: bool = True  # count GMACs (fvcore); False leaves the FLOP columns out
     batch_size: int = 256
     img_size: Optional[int] = None  # None: each model's input size from its pretrained cfg
     num_classes: Optional[int] = 1000  # classifier size for every model (None: each cfg's, e.g. 21841)
@@ -220,7 +222,7 @@ class _Runner:
         self.batch_size = settings.batch_size
         fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.module = model.to(memory_format=fmt)
-        self.model = torch.compile(self.module) if settings.compile else self.module
+        self.model = torch.compile(self.module, backend=settings.compile_backend) if settings.compile else self.module
         self.x = torch.randn(self.batch_size, *input_size, device=self.device).contiguous(memory_format=fmt)
         amp_dtype = PRECISIONS[settings.precision]
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -333,7 +335,8 @@ def _describe(error: Exception) -> str:
     return f'{type(error).__name__}: {error}'.splitlines()[0]
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name."""
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
     try:
@@ -377,13 +380,14 @@ class _Session:
         rows, runners = [], []
         for form in s.forms:
             form_model = reparameterize_model(model) if form == 'deploy' else model
-            flops = count_flops(form_model, input_size)
-            row = dict(
-                model=spec.name, source=spec.source, form=form, infer_img_size=input_size[-1],
-                param_count=round(count_params(form_model) / 1e6, 3), infer_gmacs=round(flops.gmacs, 4),
-                infer_macts=round(flops.macts, 2), infer_elementwise_gops=round(flops.elementwise_gops, 4),
-                flops_not_counted=flops.not_counted_summary(), top1=top1,
-            )
+            row = dict(model=spec.name, source=spec.source, form=form, infer_img_size=input_size[-1],
+                       param_count=round(count_params(form_model) / 1e6, 3))
+            if s.flops:
+                flops = count_flops(form_model, input_size)
+                row.update(infer_gmacs=round(flops.gmacs, 4), infer_macts=round(flops.macts, 2),
+                           infer_elementwise_gops=round(flops.elementwise_gops, 4),
+                           flops_not_counted=flops.not_counted_summary())
+            row['top1'] = top1
             rows.append(row)
             if s.inference:
                 # the training runner updates `model`: the 'train' form's inference gets its own copy
@@ -495,7 +499,7 @@ def describe_run(meta: Dict) -> str:
 def _meta(settings: BenchSettings, baseline: Optional[str], started: float, complete: bool) -> Dict:
     return dict(
         complete=complete, settings=asdict(settings), baseline=baseline,
-        device_name=_device_name(torch.device(settings.device)), threads=torch.get_num_threads(),
+        device_name=device_name(torch.device(settings.device)), threads=torch.get_num_threads(),
         torch=torch.__version__, timm=timm.__version__, lkconv=__version__,
         date=time.strftime('%Y-%m-%d %H:%M:%S'), seconds=round(time.time() - started, 1),
         flop_convention=FLOP_CONVENTION, timing=TIMING_METHOD,

@@ -71,6 +71,7 @@ def cmd_bench(args) -> int:
         settings = BenchSettings(
             bench=args.bench, forms=FORMS if args.form == 'both' else (args.form,), device=device,
             precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+            compile_backend=args.compile_backend,
             batch_size=args.batch_size or (256 if device == 'cuda' else 16), img_size=args.img_size,
             warmup=args.warmup, iters=args.iters, rounds=args.rounds, interleave=not args.sequential,
             depthwise_backend=args.depthwise_backend, ska_backend=args.ska_backend,
@@ -194,6 +195,7 @@ def add_commands(subparsers) -> None:
     p.add_argument('--precision', choices=tuple(PRECISIONS), default='fp32')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile the timed models')
+    p.add_argument('--compile-backend', default='inductor', help='torch.compile backend (with --compile)')
     p.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
     p.add_argument('--depthwise-backend', default='auto', help="depthwise conv backend: auto, torch, triton, ...")
     p.add_argument('--ska-backend', default='auto', help='SKA backend: auto, torch, triton, ...')

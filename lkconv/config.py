@@ -123,6 +123,7 @@ class TrainConfig:
     amp_dtype: Literal['bfloat16', 'float16'] = 'bfloat16'
     channels_last: bool = False
     compile: Optional[str] = None  # torch.compile backend, e.g. inductor
+    deterministic: bool = False  # deterministic algorithms, no cuDNN autotuning: repeatable on GPU, slower
     grad_accum_steps: int = 1
     smoothing: float = 0.1
     model_ema: bool = False

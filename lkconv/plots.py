@@ -10,7 +10,8 @@ import numpy as np
 
 from .benchmark import describe_run
 
-__all__ = ['plot_speed', 'plot_accuracy', 'plot_erf', 'save_benchmark_plots']
+__all__ = ['plot_speed', 'plot_accuracy', 'plot_erf', 'save_benchmark_plots', 'plot_kernel_speedups',
+           'plot_throughput_bars']
 
 _AXIS_LABELS = {
     'infer_gmacs': 'GMACs per image',
@@ -134,5 +135,50 @@ def plot_erf(erf_map: np.ndarray, path, title: str, ratios: Optional[Dict[float,
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+    fig.savefig(path)
+    return Path(path)
+
+
+def plot_kernel_speedups(results: Sequence[Dict], path, title: str) -> Optional[Path]:
+    """One horizontal bar per kernel case: best PyTorch time / best Triton time (log scale, 1 = parity)."""
+    points = [r for r in results if r.get('speedup_vs_best_torch')]
+    if not points:
+        return None
+    fig = _figure((8, 1.5 + 0.17 * len(points)))
+    ax = fig.add_subplot()
+    values = [r['speedup_vs_best_torch'] for r in points]
+    colors = ['C2' if v >= 1 else 'C3' for v in values]
+    ax.barh(range(len(points)), values, color=colors)
+    ax.set_yticks(range(len(points)), [f"{r['case']} ({', '.join(r['models'])})" for r in points], fontsize=6)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color='black', linewidth=0.8)
+    ax.set_xscale('log')
+    ax.set_xlabel('speed-up of Triton over the best PyTorch path (forward + backward)')
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, axis='x', alpha=0.3)
+    fig.savefig(path)
+    return Path(path)
+
+
+def plot_throughput_bars(rows: Sequence[Dict], path, title: str) -> Optional[Path]:
+    """Training and inference img/s per model, one bar per (compile mode, kernels) configuration."""
+    models = list(dict.fromkeys(r['model'] for r in rows))
+    configs = list(dict.fromkeys((r['compile'], r['kernels']) for r in rows))
+    if not models:
+        return None
+    fig = _figure((9, 6))
+    width = 0.8 / len(configs)
+    for row_index, key in enumerate(('train_samples_per_sec', 'infer_samples_per_sec')):
+        ax = fig.add_subplot(2, 1, row_index + 1)
+        for i, (mode, kernels) in enumerate(configs):
+            values = [next((r.get(key) or 0 for r in rows if r['model'] == m and (r['compile'], r['kernels']) ==
+                            (mode, kernels)), 0) for m in models]
+            label = f"{mode.split(' ')[0]}, kernels {'on' if kernels == 'triton' else 'off'}"
+            ax.bar([x + i * width for x in range(len(models))], values, width, label=label)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(models))], models, fontsize=7)
+        ax.set_ylabel(_AXIS_LABELS[key], fontsize=8)
+        ax.grid(True, axis='y', alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.savefig(path)
     return Path(path)

@@ -15,11 +15,12 @@ Only rank 0 logs and writes; every write is atomic. Each epoch reseeds the rando
 epochs an uninterrupted run would have trained, with the same losses.
 """
 import math
+import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import timm
@@ -134,13 +135,33 @@ def _changed_keys(old: Dict[str, Dict[str, Any]], new: Dict[str, Dict[str, Any]]
             if old.get(section, {}).get(key) != value]
 
 
+@contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms and no cuDNN autotuning (restored afterwards): a GPU run that repeats bit
+    for bit, as an exact resume needs there. Ops without a deterministic implementation warn."""
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS reads it when it first starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2:]
+
+
 def train(config: Config, resume: Optional[str] = None) -> Path:
     """Run (or, with `resume`, continue) a training run; returns the run folder."""
-    ctx = setup_distributed(config.train.device, config.train.dist_backend)
-    try:
-        return _train(config, resume, ctx)
-    finally:
-        ctx.close()
+    with _deterministic(config.train.deterministic):
+        ctx = setup_distributed(config.train.device, config.train.dist_backend)
+        try:
+            return _train(config, resume, ctx)
+        finally:
+            ctx.close()
 
 
 def _train(config: Config, resume: Optional[str], ctx: DistributedContext) -> Path:
@@ -169,7 +190,8 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
             logger.warning(f'resuming with settings that differ from the checkpoint\'s: {", ".join(changed)}')
     if ctx.is_primary:
         atomic_write_text(run_dir / RESOLVED_CONFIG, dump_config(config))
-    logger.info(f'run folder {run_dir}; {ctx.world_size} process(es) on {ctx.device.type}')
+    backend = f', backend {torch.distributed.get_backend()}' if ctx.distributed else ''
+    logger.info(f'run folder {run_dir}; {ctx.world_size} process(es) on {ctx.device.type}{backend}')
 
     # data first: a wrong folder or class count fails before the model is built
     if ctx.is_primary:
@@ -195,6 +217,8 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
         model.to(memory_format=torch.channels_last)
     if ctx.distributed and train_cfg.sync_bn:
         model = convert_sync_batchnorm(model)
+        synced = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        logger.info(f'SyncBatchNorm: {synced} layers')
 
     train_loader = create_train_loader(train_set, data_config, data_cfg, ctx.distributed, ctx.device)
     val_loader = None

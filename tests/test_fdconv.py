@@ -93,6 +93,10 @@ def test_batch_size_layouts_and_gradients():
         out = layer(x.contiguous(memory_format=torch.channels_last))
         assert out.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        # a model moved to channels_last converts every 4-D parameter, the Fourier weight included
+        layer.to(memory_format=torch.channels_last)
+        assert not layer.fourier_weight.is_contiguous()
+        torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-5, atol=1e-5)
     layer.train()
     for batch in (1, 3):  # batch 1 trains (the official layer's BatchNorm raises)
         layer.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ Inputs and the reference come from this process; the child only runs the Triton 
 Also here: the custom ops (opcheck, torch.compile with a fake-tensor backend, autocast), the selection
 rule, that a CPU model never imports triton, and the benchmark script's smoke run.
 """
+import json
 import multiprocessing
 import os
 import subprocess
@@ -463,16 +464,23 @@ def test_cpu_models_never_import_triton():
 
 # ------------------------------------------------------------------------------------- benchmark
 
-def test_bench_kernels_smoke_run():
-    """scripts/bench_kernels.py --smoke: every model's stage shapes, both layouts, checked against PyTorch."""
+def test_bench_kernels_smoke_run(tmp_path):
+    """scripts/bench_kernels.py --smoke: every convolution of the models, all dtypes and both layouts checked
+    against PyTorch, every path timed, selection rows emitted."""
     env = dict(os.environ, TRITON_INTERPRET='1')
-    result = subprocess.run([sys.executable, str(REPO_ROOT / 'scripts' / 'bench_kernels.py'), '--smoke'],
+    result = subprocess.run([sys.executable, str(REPO_ROOT / 'scripts' / 'bench_kernels.py'), '--smoke',
+                             '--json', str(tmp_path / 'kernels.json'), '--emit-table'],
                             capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout
-    for model in ('unireplknet_t', 'van_b2', 'lsnet_t'):
-        assert model in out
-    for path in ('torch/nchw', 'torch/channels_last', 'triton/nchw', 'triton/channels_last'):
-        assert path in out
-    assert 'ska' in out and 'max error' in out
-    assert 'FAIL' not in out
+    report = json.loads((tmp_path / 'kernels.json').read_text())
+    checks, speed = report['checks'], report['speed']
+    assert checks and all(c['ok'] for c in checks) and 'FAIL' not in result.stdout
+    assert {c['dtype'] for c in checks} == {'float32', 'float16', 'bfloat16'}
+    assert {c['layout'] for c in checks} == {'nchw', 'channels_last'}
+    models = {m for r in speed for m in r['models']}
+    assert models == {'unireplknet_t', 'van_b2', 'lsnet_t', 'inceptionnext_tiny'}
+    for r in speed:
+        assert set(r['ms']) == {'torch/nchw', 'torch/channels_last', 'triton/nchw', 'triton/channels_last'}
+    assert any(r['op'] == 'ska' for r in speed)
+    assert len(report['selection_rows']) == 2 * len(speed)
+    assert 'DEPTHWISE_SPEEDUPS' in result.stdout and "'depthwise', 'bfloat16'" in result.stdout

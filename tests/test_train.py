@@ -253,3 +253,20 @@ def test_ddp_two_gloo_processes(toy_data, tmp_path):
     assert log.count('epoch 2 done') == 1  # rank 0 alone logs
     assert [r['epoch'] for r in read_summary(run_dir)] == ['1', '2']
     assert load_checkpoint(run_dir / 'last.pth.tar')['epoch'] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_single_process_joins_a_process_group(toy_data, tmp_path):
+    """`torchrun --nproc_per_node 1` runs the distributed code (process group, DDP), not a plain process:
+    on a GPU that is NCCL and SyncBatchNorm with one card."""
+    config = tmp_path / 'one.yaml'
+    config.write_text('model:\n  name: inceptionnext_atto\n')
+    overrides = toy_overrides(toy_data, tmp_path, 'one') + TINY_INCEPTIONNEXT[1:] + ['train.epochs=1']
+    result = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=1', '-m', 'lkconv.cli',
+         'train', '-c', str(config), *overrides],
+        env=dict(os.environ, OMP_NUM_THREADS='1'), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = (tmp_path / 'one' / 'train.log').read_text()
+    assert '1 process(es) on cpu, backend gloo' in log
+    assert load_checkpoint(tmp_path / 'one' / 'last.pth.tar')['epoch'] == 1

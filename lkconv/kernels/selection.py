@@ -11,8 +11,8 @@ A call runs on Triton only if all of these hold:
   on the same input layout.
 
 The shipped table is empty: no GPU measurement exists yet, so 'auto' keeps PyTorch everywhere until
-`scripts/bench_kernels.py` has been run on a GPU and its `--emit-table` output pasted below (or loaded at
-run time with `add_speedups`). `set_depthwise_backend('triton')` / `set_ska_backend('triton')` force the
+`make gpu-check` (or `scripts/bench_kernels.py --emit-table`) has run on a GPU and its entries are pasted
+below (or its `kernels.json` rows loaded at run time with `add_speedups`). `set_depthwise_backend('triton')` / `set_ska_backend('triton')` force the
 kernels regardless of the table.
 """
 import importlib.util
@@ -89,7 +89,8 @@ def prefers_triton(points: Optional[Points], h: int, w: int, margin: float = SPE
 def add_speedups(rows: Iterable[Tuple[Case, int, int, float]]) -> None:
     """Merge measurements (case, h, w, speedup) into the tables, replacing earlier ones at the same size.
 
-    Accepts the `selection_rows` of `scripts/bench_kernels.py --json` as loaded from JSON (lists for tuples).
+    Accepts the `selection_rows` of a GPU check's `kernels.json` (or `scripts/bench_kernels.py --json`) as
+    loaded from JSON (lists for tuples).
     """
     for case, h, w, speedup in rows:
         case = tuple(tuple(v) if isinstance(v, list) else v for v in case)

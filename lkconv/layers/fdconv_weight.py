@@ -100,4 +100,5 @@ def synthesize_weight(
     # the graph exportable (ONNX has no complex dtype; exporters map only FFTs onto pairs)
     scale = scale.reshape(batch, copies, rows, cols, 1)
     spectrum = (fourier_weight.float() * scale).sum(1) if copies > 1 else fourier_weight[0].float() * scale[:, 0]
-    return fourier_to_spatial(torch.view_as_complex(spectrum), in_chs, kernel_size)
+    # contiguous: a model moved to channels_last stores the 4-D Fourier parameter with a strided last dim
+    return fourier_to_spatial(torch.view_as_complex(spectrum.contiguous()), in_chs, kernel_size)

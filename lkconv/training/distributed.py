@@ -1,5 +1,11 @@
 """Where this process runs: device, rank and world size, from torchrun's environment (one or many nodes)
-or a single process. Built on timm's `init_distributed_device_so`."""
+or a single process. Built on timm's `init_distributed_device_so`.
+
+One difference from timm: a single process launched by torchrun (`--nproc_per_node 1`) joins a process
+group of one, so that it runs the same DDP, SyncBatchNorm and NCCL code as a multi-GPU run (timm treats
+it as a plain process).
+"""
+import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,10 +22,7 @@ class DistributedContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    distributed: bool = False  # in a process group (DDP, SyncBatchNorm, collective ops)
 
     @property
     def is_primary(self) -> bool:
@@ -58,9 +61,22 @@ def resolve_device_name(device: str) -> str:
     return device
 
 
+def _torchrun_single_process() -> bool:
+    return os.environ.get('WORLD_SIZE') == '1' and 'MASTER_ADDR' in os.environ and 'SLURM_PROCID' not in os.environ
+
+
 def setup_distributed(device: str = 'auto', backend: Optional[str] = None) -> DistributedContext:
     """Join the process group torchrun (or SLURM) describes, if any; each rank gets its own GPU."""
-    info = init_distributed_device_so(device=resolve_device_name(device), dist_backend=backend)
+    device = resolve_device_name(device)
+    if _torchrun_single_process():
+        device_type = device.split(':')[0]
+        dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'), init_method='env://')
+        local_rank = int(os.environ.get('LOCAL_RANK', 0))
+        if device_type == 'cuda':
+            device = f'cuda:{local_rank}'
+            torch.cuda.set_device(device)
+        return DistributedContext(torch.device(device), local_rank=local_rank, distributed=True)
+    info = init_distributed_device_so(device=device, dist_backend=backend)
     return DistributedContext(
         device=torch.device(info['device']), rank=info['global_rank'], local_rank=info['local_rank'],
-        world_size=info['world_size'])
+        world_size=info['world_size'], distributed=info['distributed'])
