@@ -14,8 +14,6 @@ How timings are taken, so that numbers from a shared or noisy machine still comp
 """
 import copy
 import csv
-import difflib
-import fnmatch
 import io
 import json
 import os
@@ -35,9 +33,10 @@ from timm.data import resolve_model_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import NativeScaler, reparameterize_model
 
+from .benchmark_options import BENCH_MODES, FORMS, PRECISION_NAMES
 from .flops import FLOP_CONVENTION, count_flops
 from .layers import layer_backends
-from .models import list_models
+from .names import ModelSpec, did_you_mean, resolve_models
 from .version import __version__
 
 __all__ = [
@@ -46,9 +45,7 @@ __all__ = [
     'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD', 'describe_run', 'device_name',
 ]
 
-PRECISIONS = {'fp32': None, 'amp_bf16': torch.bfloat16, 'amp_fp16': torch.float16}
-FORMS = ('deploy', 'train')  # re-parameterised (timm.utils.reparameterize_model) / as built for training
-BENCH_MODES = ('both', 'inference', 'train', 'profile')
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16)))  # name -> autocast dtype
 TIMING_METHOD = (
     'warm-up steps first; timed steps in rounds interleaved across models; each step timed alone with '
     'device synchronisation; step time = median, spread = interquartile range, samples/s = batch / median'
@@ -110,40 +107,7 @@ def time_forward(model: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: in
     return Timing(x.shape[0], _time_steps(lambda: model(x), x.device, repeats))
 
 
-# --------------------------------------------------------------------------------------- model names
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str  # a timm name, optionally with a pretrained tag
-    source: str  # 'lkconv' or 'timm'
-
-
-def resolve_models(patterns: Sequence[str]) -> List[ModelSpec]:
-    """Model specs for names, wildcards, families and 'all', in order, without duplicates.
-
-    A pattern is `all` (the whole lkconv zoo), an exact timm name (lkconv or timm, tag allowed), a
-    wildcard (matched against the lkconv zoo first, then against timm), or a family (a timm model
-    module such as `unireplknet` or `convnext`). Raises ValueError naming close matches otherwise.
-    """
-    zoo = list_models()
-    names: List[str] = []
-    for pattern in patterns:
-        if pattern == 'all':
-            found = zoo
-        elif timm.is_model(pattern.split('.')[0]):
-            found = [pattern]
-        elif any(c in pattern for c in '*?['):
-            found = fnmatch.filter(zoo, pattern) or timm.list_models(pattern)
-        else:
-            found = timm.list_models(module=pattern)
-        if not found:
-            choices = zoo + timm.list_models() + sorted(timm.list_modules())
-            close = difflib.get_close_matches(pattern, choices, n=5, cutoff=0.5)
-            hint = f"; did you mean: {', '.join(close)}" if close else ''
-            raise ValueError(f"no model matches '{pattern}'{hint}")
-        names += [n for n in found if n not in names]
-    return [ModelSpec(n, 'lkconv' if n.split('.')[0] in zoo else 'timm') for n in names]
-
+# ------------------------------------------------------------------------------------------ accuracy
 
 _TOP1_NOTE = re.compile(r'top-?1\D{0,20}?(\d{2}\.\d+)', re.IGNORECASE)
 _TOP1_FILE = re.compile(r'acc(\d{2}\.\d+)')
@@ -469,7 +433,8 @@ def run_benchmark(
     if baseline is None:
         baseline = next((s.name for s in specs if s.source == 'timm'), None)
     if baseline is not None and baseline not in [s.name for s in specs]:
-        raise ValueError(f"baseline '{baseline}' is not among the benchmarked models")
+        hint = did_you_mean(baseline, [s.name for s in specs])
+        raise ValueError(f"baseline '{baseline}' is not among the benchmarked models{hint}")
     torch.manual_seed(0)
     started = time.time()
 

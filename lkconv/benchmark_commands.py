@@ -1,28 +1,23 @@
-"""Measurement commands: `lkconv bench` (parameters, FLOPs, throughput, memory) and `lkconv erf`."""
+"""Measurement commands: `lkconv bench` (parameters, FLOPs, throughput, memory) and `lkconv erf`.
+
+torch, timm and the models are imported inside the command functions: see `lkconv.cli`.
+"""
 import csv
 import sys
+import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-import timm
-import torch
-from timm.data import ImageDataset, create_transform, resolve_model_data_config
-from timm.utils import reparameterize_model
-from tqdm import tqdm
-
-from .benchmark import (
-    BENCH_MODES, FORMS, PRECISIONS, TIMING_METHOD, BenchSettings, describe_run, format_table, resolve_models,
-    run_benchmark, write_results,
-)
-from .commands import resolve_model_name
-from .erf import DEFAULT_THRESHOLDS, area_ratios, erf_map
-from .flops import FLOP_CONVENTION
+from .benchmark_options import BENCH_MODES, FORMS, PRECISION_NAMES
+from .cli_args import check_output_folder, non_negative_int, positive_int
+from .commands import load_model, resolve_model_name
 
 
 class _Progress:
     """Progress on stderr: a tqdm bar on a terminal, else one line per step of work (for logs)."""
 
     def __init__(self):
+        from tqdm import tqdm
         self.bar = tqdm(total=0, unit='step', dynamic_ncols=True, leave=False) if sys.stderr.isatty() else None
         self.last = None
 
@@ -40,31 +35,62 @@ class _Progress:
             self.bar.close()
 
 
+def _device(name: Optional[str], command: str) -> str:
+    """`name` (default: cuda if a GPU is visible, else cpu), checked to exist before any work."""
+    import torch
+    if name is None:
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"lkconv {command}: unknown device '{name}'; use cpu, cuda or cuda:N") from None
+    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
+        visible = torch.cuda.device_count()
+        raise SystemExit(f'lkconv {command}: --device {name}: {visible or "no"} CUDA GPU{"s" * (visible != 1)} '
+                         f'visible; use --device cpu' + (f' or cuda:0..{visible - 1}' if visible else ''))
+    return name
+
+
 def _read_top1(path: str) -> Dict[str, float]:
     """`model` -> `top1` from a CSV with those columns (timm's results-imagenet.csv, validation results)."""
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise SystemExit(f"lkconv bench: cannot read --top1-csv '{path}': {e.strerror or e}") from None
     if rows and not {'model', 'top1'} <= set(rows[0]):
         raise SystemExit(f"lkconv bench: {path} needs 'model' and 'top1' columns, has {list(rows[0])}")
     table = {}
     for row in rows:
-        table.setdefault(row['model'], float(row['top1']))
-        table.setdefault(row['model'].split('.')[0], float(row['top1']))  # untagged name: first tag listed
+        try:
+            top1 = float(row['top1'])
+        except (TypeError, ValueError):
+            raise SystemExit(f"lkconv bench: {path}: top1 of {row['model']} is not a number: {row['top1']!r}") from None
+        table.setdefault(row['model'], top1)
+        table.setdefault(row['model'].split('.')[0], top1)  # untagged name: first tag listed
     return table
 
 
-def _describe(settings: BenchSettings, meta: Dict) -> str:
+def _describe(settings, meta: Dict) -> str:
+    from .benchmark import describe_run
     return (f"device {describe_run(meta)} ({settings.device}, {meta['threads']} threads), backends "
             f"depthwise={settings.depthwise_backend} ska={settings.ska_backend}; inference form: "
             f"{', '.join(settings.forms)}; torch {meta['torch']}, timm {meta['timm']}")
 
 
 def cmd_bench(args) -> int:
+    import torch
+    from .benchmark import TIMING_METHOD, BenchSettings, format_table, resolve_models, run_benchmark, write_results
+    from .flops import FLOP_CONVENTION
+    # everything a user can get wrong is checked before the first model is built
     try:
         specs = resolve_models(args.models)
     except ValueError as e:
-        raise SystemExit(f'lkconv bench: {e}')
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+        raise SystemExit(f'lkconv bench: {e}') from None
+    if args.out:
+        check_output_folder(args.out, 'bench')
+    top1 = _read_top1(args.top1_csv) if args.top1_csv else {}
+    device = _device(args.device, 'bench')
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -72,12 +98,12 @@ def cmd_bench(args) -> int:
             bench=args.bench, forms=FORMS if args.form == 'both' else (args.form,), device=device,
             precision=args.precision, channels_last=args.channels_last, compile=args.compile,
             compile_backend=args.compile_backend,
-            batch_size=args.batch_size or (256 if device == 'cuda' else 16), img_size=args.img_size,
+            batch_size=args.batch_size if args.batch_size is not None else (256 if device.startswith("cuda") else 16),
+            img_size=args.img_size,
             warmup=args.warmup, iters=args.iters, rounds=args.rounds, interleave=not args.sequential,
             depthwise_backend=args.depthwise_backend, ska_backend=args.ska_backend,
             num_classes=args.num_classes if args.num_classes >= 0 else None,
         )
-        top1 = _read_top1(args.top1_csv) if args.top1_csv else {}
         progress = _Progress()
         # with --out, the results so far are on disk after every round: an interrupted run keeps them
         partial = (lambda result: write_results(result, args.out)) if args.out else None
@@ -86,7 +112,7 @@ def cmd_bench(args) -> int:
         finally:
             progress.close()
     except ValueError as e:
-        raise SystemExit(f'lkconv bench: {e}')
+        raise SystemExit(f'lkconv bench: {e}') from None
     for row in result.rows:
         known = top1.get(row['model'], top1.get(row['model'].split('.')[0]))
         if known is not None:
@@ -113,16 +139,14 @@ def cmd_bench(args) -> int:
     return 1 if result.errors else 0
 
 
-def _erf_batches(model, args, input_size) -> List[torch.Tensor]:
+def _erf_batches(data_config: Dict, args, input_size) -> List:
     """`args.num_images` images as normalised batches: from `--data-dir` (a seeded random pick) or noise."""
+    import torch
+    from timm.data import ImageDataset, create_transform
     generator = torch.Generator().manual_seed(0)
     if args.data_dir:
-        cfg = resolve_model_data_config(model)
-        cfg['input_size'] = input_size
-        cfg['crop_pct'] = 1.0
-        dataset = ImageDataset(args.data_dir, transform=create_transform(**cfg))
-        if len(dataset) == 0:
-            raise SystemExit(f'lkconv erf: no images found in {args.data_dir}')
+        transform = create_transform(**dict(data_config, input_size=input_size, crop_pct=1.0))
+        dataset = ImageDataset(args.data_dir, transform=transform)
         picks = torch.randperm(len(dataset), generator=generator)[:args.num_images].tolist()
         images = torch.stack([dataset[i][0] for i in picks])
     else:
@@ -130,30 +154,64 @@ def _erf_batches(model, args, input_size) -> List[torch.Tensor]:
     return list(images.split(args.batch_size))
 
 
+def _check_image_folder(folder: str) -> None:
+    """`--data-dir` holds images timm can read (.png/.jpg files, in class subfolders or not)."""
+    from timm.data import ImageDataset
+    if not Path(folder).is_dir():
+        raise SystemExit(f"lkconv erf: --data-dir '{folder}' is not a folder")
+    try:
+        ImageDataset(folder)
+    except RuntimeError as e:  # timm: 'Found 0 images in subfolders of ...'
+        raise SystemExit(f'lkconv erf: --data-dir: {e}') from None
+
+
 def cmd_erf(args) -> int:
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    import torch
+    from timm.data import resolve_model_data_config
+    from tqdm import tqdm
+    from .erf import DEFAULT_THRESHOLDS, area_ratios, erf_map, feature_map
+    # everything a user can get wrong is checked before the first ERF is computed
+    if args.checkpoint and len(args.models) > 1:
+        raise SystemExit('lkconv erf: --checkpoint holds the weights of one model; name at most one MODEL')
+    if not (args.models or args.checkpoint):
+        raise SystemExit('lkconv erf: name the models (e.g. lkconv erf unireplknet_t convnext_tiny), '
+                         'or give the --checkpoint of a training run')
+    if args.pretrained and args.checkpoint:
+        raise SystemExit('lkconv erf: give --pretrained or --checkpoint, not both')
+    names = [resolve_model_name(m, 'erf') for m in args.models] or [None]  # None: the checkpoint's model
+    if args.data_dir:
+        _check_image_folder(args.data_dir)
     try:
         from .plots import plot_erf
     except ImportError as e:
-        raise SystemExit(f'lkconv erf: needs matplotlib for its heat maps ({e})')
-    rows = []
-    for requested in args.models:
-        name = resolve_model_name(requested)
-        model = timm.create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint)
+        raise SystemExit(f'lkconv erf: needs matplotlib for its heat maps ({e})') from None
+    device = torch.device(_device(args.device, 'erf'))
+    out = check_output_folder(args.out or Path('output', 'erf', time.strftime('%Y%m%d-%H%M%S')), 'erf')
+    # every model is loaded (its weights fetched) and run once at the input size before any ERF
+    models = []
+    for requested in names:
         # the deploy form computes the same function in eval mode and back-propagates faster
-        model = reparameterize_model(model.eval()).to(device)
+        model, data_config, name = load_model(args, 'erf', requested, reparam=True)
         size = args.img_size or resolve_model_data_config(model)['input_size'][-1]
-        input_size = (3, size, size)
-        batches = _erf_batches(model, args, input_size)
-        batches = tqdm(batches, desc=f'ERF {name}', unit='batch', disable=None, leave=False)
+        input_size = (data_config['input_size'][0], size, size)
         try:
-            erf = erf_map(model, (b.to(device) for b in batches))
+            with torch.no_grad():
+                feature_map(model, torch.zeros(1, *input_size))
         except ValueError as e:
-            raise SystemExit(f'lkconv erf: {name}: {e}')
+            size_note = f'--img-size {size} does not fit ' if args.img_size else ''
+            raise SystemExit(f'lkconv erf: {size_note}{name}: {e}') from None
+        models.append((model, data_config, name, input_size))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    while models:
+        model, data_config, name, input_size = models.pop(0)  # frees each model once its ERF is drawn
+        model, size = model.to(device), input_size[-1]
+        batches = _erf_batches(data_config, args, input_size)
+        count = sum(b.shape[0] for b in batches)
+        erf = erf_map(model, (b.to(device) for b in tqdm(batches, desc=f'ERF {name}', unit='batch', disable=None,
+                                                           leave=False)))
         ratios = area_ratios(erf, DEFAULT_THRESHOLDS)
-        images = f'{args.num_images} ' + (f'images from {args.data_dir}' if args.data_dir else 'noise images')
+        images = f'{count} ' + (f'images from {args.data_dir}' if args.data_dir else 'noise images')
         weights = 'pretrained' if args.pretrained else ('checkpoint' if args.checkpoint else 'random init')
         title = f'ERF of {name} ({weights}), {size}x{size}, {images}'
         path = plot_erf(erf.numpy(), out / f'erf_{name}.png', title, ratios)
@@ -183,41 +241,55 @@ def add_commands(subparsers) -> None:
         'bench', help='parameters, GMACs, throughput and memory of models, side by side with timm models',
         description='Measure lkconv and timm models in one run. MODELS are names (with or without a '
                     "pretrained tag), wildcards ('van_*'), families ('lsnet', 'convnext') or 'all' (the zoo).")
-    p.add_argument('models', nargs='+', metavar='MODEL')
+    p.add_argument('models', nargs='+', metavar='MODEL', help='models to measure (see above)')
     p.add_argument('--bench', choices=BENCH_MODES, default='both',
-                   help="'profile' = parameters and FLOPs only (default: both inference and train)")
+                   help="what to measure: inference and training, one of them, or 'profile' (parameters and "
+                        "FLOPs only)")
     p.add_argument('--form', choices=FORMS + ('both',), default='deploy',
-                   help='form for inference and FLOPs: re-parameterised (deploy, default) or as trained')
-    p.add_argument('-b', '--batch-size', type=int, default=None, help='default: 256 on CUDA, 16 on CPU')
-    p.add_argument('--img-size', type=int, default=None, help="default: each model's pretrained-cfg input size")
+                   help='form for inference and FLOPs: re-parameterised (deploy), as trained, or a row of each')
+    p.add_argument('-b', '--batch-size', type=positive_int, default=None, help='default: 256 on CUDA, 16 on CPU')
+    p.add_argument('--img-size', type=positive_int, default=None,
+                   help="input side in pixels (default: each model's pretrained-cfg input size)")
     p.add_argument('--num-classes', type=int, default=1000,
-                   help="classifier size for every model (default 1000; -1: each pretrained cfg's)")
-    p.add_argument('--precision', choices=tuple(PRECISIONS), default='fp32')
-    p.add_argument('--channels-last', action='store_true')
+                   help="classifier size for every model (-1: each pretrained cfg's)")
+    p.add_argument('--precision', choices=PRECISION_NAMES, default='fp32',
+                   help='fp32, or torch.autocast to bfloat16 / float16')
+    p.add_argument('--channels-last', action='store_true', help='model and input in the NHWC memory layout')
     p.add_argument('--compile', action='store_true', help='torch.compile the timed models')
     p.add_argument('--compile-backend', default='inductor', help='torch.compile backend (with --compile)')
     p.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
     p.add_argument('--depthwise-backend', default='auto', help="depthwise conv backend: auto, torch, triton, ...")
     p.add_argument('--ska-backend', default='auto', help='SKA backend: auto, torch, triton, ...')
-    p.add_argument('--threads', type=int, default=None, help='CPU threads (torch.set_num_threads)')
-    p.add_argument('--warmup', type=int, default=5, help='warm-up steps per model and workload')
-    p.add_argument('--iters', type=int, default=10, help='timed steps per model, workload and round')
-    p.add_argument('--rounds', type=int, default=4, help='rounds, each visiting every model in turn')
+    p.add_argument('--threads', type=positive_int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument('--warmup', type=non_negative_int, default=5, help='warm-up steps per model and workload')
+    p.add_argument('--iters', type=positive_int, default=10, help='timed steps per model, workload and round')
+    p.add_argument('--rounds', type=positive_int, default=4, help='rounds, each visiting every model in turn')
     p.add_argument('--sequential', action='store_true',
                    help='finish and free each model before the next (less memory, no interleaving)')
     p.add_argument('--baseline', default=None, help='model the speed ratios refer to (default: first timm model)')
     p.add_argument('--top1-csv', default=None, help="CSV with 'model' and 'top1' columns for the accuracy plot")
-    p.add_argument('--out', default=None, help='folder for benchmark.csv, benchmark.json and PNG plots')
+    p.add_argument('--out', default=None, help='folder for benchmark.csv, benchmark.json and PNG plots '
+                                               '(default: none, the table only)')
     p.set_defaults(func=cmd_bench)
 
-    p = subparsers.add_parser('erf', help='effective receptive field heat map and high-contribution area ratios')
-    p.add_argument('models', nargs='+', metavar='MODEL')
-    p.add_argument('--img-size', type=int, default=None, help="default: the model's pretrained-cfg input size")
-    p.add_argument('--num-images', type=int, default=16)
-    p.add_argument('-b', '--batch-size', type=int, default=4)
+    p = subparsers.add_parser(
+        'erf', help='effective receptive field heat map and high-contribution area ratios',
+        description='Draw the effective receptive field of models and compute their high-contribution area '
+                    'ratios. With --checkpoint of an lkconv training run or deploy checkpoint, MODEL may be '
+                    'left out: the checkpoint names it.')
+    p.add_argument('models', nargs='*', metavar='MODEL', help='models to draw (lkconv or timm names)')
+    p.add_argument('--img-size', type=positive_int, default=None,
+                   help="input side in pixels (default: the model's pretrained-cfg input size)")
+    p.add_argument('--num-images', type=positive_int, default=16, help='images the ERF is averaged over')
+    p.add_argument('-b', '--batch-size', type=positive_int, default=4, help='images per forward/backward pass')
     p.add_argument('--data-dir', default=None, help='image folder to draw images from (default: Gaussian noise)')
     p.add_argument('--pretrained', action='store_true', help='load the published weights')
-    p.add_argument('--checkpoint', default=None, help='weights file to load')
-    p.add_argument('--device', default=None)
-    p.add_argument('--out', default='.', help='folder for erf_<model>.png and erf.csv')
+    p.add_argument('--checkpoint', default=None,
+                   help='lkconv training checkpoint, deploy checkpoint, official or timm weights file')
+    p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
+    p.add_argument('--num-classes', type=non_negative_int, default=None,
+                   help="classifier size of a plain weights file (default: the model's)")
+    p.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
+    p.add_argument('--out', default=None,
+                   help='folder for erf_<model>.png and erf.csv (default: a new output/erf/<date>-<time>)')
     p.set_defaults(func=cmd_erf)

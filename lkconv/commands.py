@@ -1,30 +1,65 @@
-"""Zoo commands: `lkconv list`, `lkconv info`, `lkconv demo`."""
-import difflib
+"""Zoo commands: `lkconv list`, `lkconv info`, `lkconv demo`.
 
-import timm
-import torch
+torch, timm and the models are imported inside the command functions: see `lkconv.cli`.
+"""
+from contextlib import nullcontext
+from typing import Any, Dict, Optional, Tuple
 
-from . import __version__
-from .benchmark import count_gmacs, count_params, time_forward
-from .models import list_models
+from .cli_args import positive_int
 
 
-def resolve_model_name(name: str) -> str:
+def resolve_model_name(name: str, command: str) -> str:
     """`name` if timm knows it (with or without a pretrained tag); otherwise exit listing close matches."""
-    if timm.is_model(name.split('.')[0]):
-        return name
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
-    hint = f"; did you mean: {', '.join(close)}" if close else ''
-    raise SystemExit(f"lkconv: unknown model '{name}'{hint}")
+    from .names import check_model_name
+    try:
+        return check_model_name(name)
+    except ValueError as e:
+        raise SystemExit(f'lkconv {command}: {e}') from None
+
+
+def load_model(args, command: str, name: Optional[str], reparam: bool) -> Tuple[Any, Dict[str, Any], str]:
+    """The model (eval mode), its evaluation data config and name, with the weights `args` name: --checkpoint
+    (an lkconv training or deploy checkpoint, which also gives the architecture, or an official / timm file),
+    --pretrained, or neither (random init). Reads `args.checkpoint`, `pretrained`, `num_classes`, `use_ema`
+    and `img_size`; exits with one line on a bad checkpoint or a failed download."""
+    from .pretrained import WeightsUnavailable, explain_download_failure
+    from .training.checkpoint import CheckpointError
+    from .validate import ValidateOptions, load_eval_model
+    options = ValidateOptions(
+        model=name, checkpoint=args.checkpoint, pretrained=args.pretrained,
+        random_init=not (args.checkpoint or args.pretrained), num_classes=args.num_classes, use_ema=args.use_ema,
+        img_size=args.img_size, reparam=reparam)
+    # only a download is explained as one: a missing --checkpoint file is an OSError too
+    downloading = explain_download_failure(name) if args.pretrained and not args.checkpoint else nullcontext()
+    try:
+        with downloading:
+            return load_eval_model(options)
+    except (CheckpointError, ValueError, WeightsUnavailable) as e:
+        raise SystemExit(f'lkconv {command}: {e}') from None
 
 
 def cmd_list(args) -> None:
-    for name in list_models(args.filter, pretrained=args.pretrained):
+    import timm
+    from .names import resolve_models
+    try:
+        names = [spec.name for spec in resolve_models(args.patterns or ['all'])]
+    except ValueError as e:
+        raise SystemExit(f'lkconv list: {e}') from None
+    if args.pretrained:  # each model's published weights, by tagged name
+        tags = {}
+        for tagged in timm.list_pretrained():
+            tags.setdefault(tagged.split('.')[0], []).append(tagged)
+        names = [t for name in names for t in tags.get(name.split('.')[0], []) if '.' not in name or t == name]
+        if not names:
+            raise SystemExit(f"lkconv list: no published weights for {' '.join(args.patterns or ['all'])}")
+    for name in names:
         print(name)
 
 
 def cmd_info(args) -> None:
-    name = resolve_model_name(args.model)
+    import timm
+    from .benchmark import count_params
+    name = resolve_model_name(args.model, 'info')
     model = timm.create_model(name, device='meta')
     cfg = model.pretrained_cfg
     features = ', '.join(f"{f['module']} ({f['num_chs']}ch, /{f['reduction']})" for f in model.feature_info)
@@ -38,12 +73,17 @@ def cmd_info(args) -> None:
 
 def cmd_demo(args) -> None:
     """List the zoo, then build one model and run it on a batch, reporting size, FLOPs and timing."""
+    import timm
+    import torch
+    from . import __version__
+    from .benchmark import count_gmacs, count_params, time_forward
+    from .models import list_models
+    name = resolve_model_name(args.model, 'demo')
     names = list_models()
     print(f'lkconv {__version__}: {len(names)} models registered with timm')
-    for name in names:
-        print(f'  {name:<28} {count_params(timm.create_model(name, device="meta")) / 1e6:8.2f} M params')
+    for zoo_name in names:
+        print(f'  {zoo_name:<28} {count_params(timm.create_model(zoo_name, device="meta")) / 1e6:8.2f} M params')
     torch.manual_seed(0)
-    name = resolve_model_name(args.model)
     model = timm.create_model(name).eval()
     size = model.pretrained_cfg['input_size']
     x = torch.randn(args.batch_size, *size)
@@ -65,16 +105,20 @@ def cmd_demo(args) -> None:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser('list', help='list registered models')
-    p.add_argument('filter', nargs='?', default='', help='wildcard, e.g. "unireplknet_*"')
-    p.add_argument('--pretrained', action='store_true', help='only models with published weights')
+    p = subparsers.add_parser(
+        'list', help='list models: the zoo, or names, wildcards and families as `lkconv bench` takes them',
+        description="List models. PATTERNs are names (with or without a pretrained tag), wildcards "
+                    "('van_b*'), families ('unireplknet', or timm's 'convnext') or 'all' (the zoo, the default).")
+    p.add_argument('patterns', nargs='*', metavar='PATTERN', help="what to list (default: all, the lkconv zoo)")
+    p.add_argument('--pretrained', action='store_true',
+                   help='only models with published weights, by tagged name (e.g. unireplknet_t.in1k)')
     p.set_defaults(func=cmd_list)
 
     p = subparsers.add_parser('info', help='architecture facts and pretrained tags of a model')
-    p.add_argument('model')
+    p.add_argument('model', help="a model name, e.g. unireplknet_t (timm's models too)")
     p.set_defaults(func=cmd_info)
 
     p = subparsers.add_parser('demo', help='list the zoo, build a model and run it on a batch')
-    p.add_argument('--model', default='unireplknet_a')
-    p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--model', default='unireplknet_a', help='model to build and run')
+    p.add_argument('-b', '--batch-size', type=positive_int, default=4, help='images in the batch')
     p.set_defaults(func=cmd_demo)

@@ -8,7 +8,10 @@ the file); their sections are merged key by key, later files winning. Command-li
 
 Every key is checked against the schema below: an unknown key, a value of the wrong type or a missing
 data directory is reported as `FILE:LINE: section.key: problem`, with the closest valid key for a
-misspelling. All problems found are reported together in one `ConfigError`.
+misspelling. All problems found are reported together in one `ConfigError`. Checks made later, against the
+built model or the data (`config_problem`), name the same file and line.
+
+Importing this module does not import torch or timm (the command line reads the key names from it).
 """
 import dataclasses
 import difflib
@@ -17,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
 
-import timm
 import yaml
-from timm.data.dataset_factory import _search_split
 
 __all__ = [
     'Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'OutputConfig', 'SchedConfig',
-    'TrainConfig', 'EMBEDDED_DATASETS', 'config_to_dict', 'dump_config', 'load_config', 'parse_config',
+    'TrainConfig', 'EMBEDDED_DATASETS', 'config_keys', 'config_problem', 'config_to_dict', 'dump_config',
+    'load_config', 'parse_config',
 ]
 
 # datasets lkconv writes out itself (see lkconv.data); every other name goes to timm's create_dataset
@@ -158,6 +160,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    # where each `section.key` was set, for `config_problem`; set by load_config / parse_config. A plain
+    # attribute, not a field: it is neither compared nor written out.
+    _sources = None
+
 
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 _BASE_KEY = 'base'
@@ -187,8 +193,17 @@ def _section_types(section: str) -> Dict[str, Any]:
     return get_type_hints(type(_SECTIONS[section]()))
 
 
-def _all_keys() -> List[str]:
-    return [f'{s}.{k}' for s in _SECTIONS for k in _section_types(s)]
+def config_keys() -> Dict[str, Any]:
+    """Every `section.key` with its type."""
+    return {f'{s}.{k}': t for s in _SECTIONS for k, t in _section_types(s).items()}
+
+
+def config_problem(config: Config, key: str, problem: str) -> str:
+    """A problem found after loading, in the form of the loader's own: `WHERE: section.key: problem`."""
+    if config._sources is None:  # built in Python, not loaded
+        return f'{key}: {problem}'
+    sources, origin = config._sources
+    return f'{sources.get(key, _Source(origin, None))}: {key}: {problem}'
 
 
 def _closest(name: str, candidates: Sequence[str]) -> str:
@@ -367,7 +382,7 @@ def _coerce(value: Any, annotation: Any) -> Any:
 def _build(sections: Dict[str, Dict[str, Any]], sources: Dict[str, _Source]) -> Tuple[Config, List[str]]:
     problems = []
     built = {}
-    all_keys = _all_keys()
+    all_keys = list(config_keys())
     for section, factory in _SECTIONS.items():
         types = _section_types(section)
         values = {}
@@ -389,7 +404,8 @@ def _build(sections: Dict[str, Dict[str, Any]], sources: Dict[str, _Source]) -> 
 
 
 def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], check_files: bool) -> List[str]:
-    """Checks across keys, of the model names and (with `check_files`) of the data and weight files."""
+    """Checks across keys, of the model and optimizer names and (with `check_files`) of this machine: the
+    data and weight files, and the device."""
     def where(key: str) -> str:
         return str(sources.get(key, _Source(origin, None)))
 
@@ -419,13 +435,25 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
         problems.append(f"{where('train.distill_teacher')}: train.distill_teacher: set, but train.distill_type "
                         f"is 'none'")
 
+    from .names import check_model_name
     for key in ('model.name', 'train.distill_teacher'):
         section, name = key.split('.')
         model_name = getattr(getattr(config, section), name)
-        if model_name and ':' not in model_name and not timm.is_model(model_name.split('.')[0]):
-            close = difflib.get_close_matches(model_name, timm.list_models(), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ''
-            problems.append(f"{where(key)}: {key}: unknown model '{model_name}'{hint}")
+        if model_name and ':' not in model_name:  # a hub name (hf-hub:...) is timm's to resolve
+            try:
+                check_model_name(model_name)
+            except ValueError as e:
+                problems.append(f'{where(key)}: {key}: {e}')
+    for key in ('optim.lr', 'optim.lr_base'):
+        value = getattr(config.optim, key.split('.')[1])
+        if value is not None and not value > 0:
+            problems.append(f'{where(key)}: {key}: must be positive, got {value:g}')
+    if config.data.val_batch_size is not None and config.data.val_batch_size < 1:
+        problems.append(f"{where('data.val_batch_size')}: data.val_batch_size: must be at least 1 (or null: "
+                        f"data.batch_size)")
+    problem = _unknown_optimizer_problem(config.optim.opt)
+    if problem:
+        problems.append(f"{where('optim.opt')}: optim.opt: {problem}")
 
     data = config.data
     embedded = data.dataset in EMBEDDED_DATASETS
@@ -434,6 +462,10 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
                         f"did you mean '{_closest(data.dataset, EMBEDDED_DATASETS)}'?")
     if not check_files:
         return problems
+    from .training.distributed import device_problem
+    problem = device_problem(config.train.device)
+    if problem:
+        problems.append(f"{where('train.device')}: train.device: {problem}")
     folder_dataset = data.dataset == '' or data.dataset.lower().startswith(('torch/image_folder', 'torch/folder'))
     if folder_dataset:
         if not data.dir:
@@ -457,9 +489,20 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
     return problems
 
 
+def _unknown_optimizer_problem(opt: str) -> Optional[str]:
+    # timm's optimizer factory reads 'lookahead_NAME' as NAME wrapped in Lookahead
+    from timm.optim import list_optimizers
+    from .names import did_you_mean
+    names = list_optimizers()
+    if opt.lower().split('_')[-1] in names:
+        return None
+    return f"unknown optimizer '{opt}'{did_you_mean(opt.lower(), names)} (timm.optim.list_optimizers() lists them all)"
+
+
 def _split_exists(root: Path, split: str) -> bool:
     # timm looks for the split's folder (or a synonym: val/valid/validation/...) and silently falls back
     # to the root itself, which would read the split folders as classes
+    from timm.data.dataset_factory import _search_split
     if _search_split(str(root), split) != str(root):
         return True
     return any((root / f'{split}{ext}').is_file() for ext in ('.tar', '.tar.gz', '.tgz'))
@@ -476,6 +519,7 @@ def _validate(sections: Dict[str, Dict[str, Any]], sources: Dict[str, _Source], 
         problems += _check(config, sources, origin, check_files)
     if problems:
         raise ConfigError(problems)
+    config._sources = (sources, origin)
     return config
 
 
@@ -490,7 +534,8 @@ def load_config(path: Optional[Union[str, Path]], overrides: Sequence[str] = ())
 def parse_config(sections: Dict[str, Any], overrides: Sequence[str] = (), origin: Optional[str] = None,
                  check_files: bool = True) -> Config:
     """Validate a config given as a dict of sections (as `config_to_dict` gives, e.g. from a checkpoint);
-    `check_files=False` skips the checks of data folders and weight files (for a run made elsewhere)."""
+    `check_files=False` skips the checks of this machine: data folders, weight files and the device (for a
+    run made elsewhere)."""
     copied: Dict[str, Dict[str, Any]] = {}
     sources: Dict[str, _Source] = {}
     problems = []

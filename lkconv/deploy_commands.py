@@ -1,42 +1,54 @@
-"""Deployment commands: `lkconv reparam` (deploy-form checkpoint) and `lkconv export` (ONNX, checked)."""
+"""Deployment commands: `lkconv reparam` (deploy-form checkpoint) and `lkconv export` (ONNX, checked).
+
+torch, timm and the models are imported inside the command functions: see `lkconv.cli`.
+"""
 import copy
 import sys
+from pathlib import Path
 
-import torch
-from timm.utils import reparameterize_model
-
-from .benchmark import count_params
-from .commands import resolve_model_name
-from .deploy_checkpoint import save_deploy_checkpoint
-from .onnx_export import export_onnx, relative_error, run_onnx
-from .training.checkpoint import CheckpointError
-from .validate import ValidateOptions, load_eval_model
+from .cli_args import check_output_file, non_negative_int, positive_int
+from .commands import load_model, resolve_model_name
 
 
-def _load(args, reparam: bool):
+def _load(args, reparam: bool, out_example: str):
+    """Check the model name and --out (`out_example`: a file name to suggest), then load the model."""
     if args.model:
-        resolve_model_name(args.model)
-    random_init = not (args.checkpoint or args.pretrained)
-    if random_init:
+        resolve_model_name(args.model, args.command)
+    out = check_output_file(args.out, args.command, out_example)
+    if args.checkpoint and out.resolve() == Path(args.checkpoint).resolve():
+        raise SystemExit(f"lkconv {args.command}: --out '{args.out}' is the --checkpoint file; write elsewhere")
+    if not (args.checkpoint or args.pretrained):
         print(f'note: no --checkpoint or --pretrained: {args.model} has randomly initialised weights', file=sys.stderr)
-    options = ValidateOptions(
-        model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, random_init=random_init,
-        num_classes=args.num_classes, use_ema=args.use_ema, img_size=args.img_size, reparam=reparam)
-    try:
-        return load_eval_model(options)
-    except (CheckpointError, ValueError) as e:
-        raise SystemExit(f'lkconv {args.command}: {e}')
+    return load_model(args, args.command, args.model, reparam)
 
 
-def _example(data_config, batch_size: int) -> torch.Tensor:
+def _example(data_config, batch_size: int):
+    import torch
     return torch.randn(batch_size, *data_config['input_size'], generator=torch.Generator().manual_seed(0))
 
 
+def _forward(model, x, args, name: str):
+    """`model(x)`; an input the network refuses (too small for it, ...) ends the command in one line."""
+    import torch
+    try:
+        with torch.no_grad():
+            return model(x)
+    except (ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        size = f'--img-size {args.img_size} does not fit ' if args.img_size else ''
+        raise SystemExit(f'lkconv {args.command}: {size}{name}: {reason}') from None
+
+
 def cmd_reparam(args) -> int:
-    model, data_config, name = _load(args, reparam=False)
+    import torch
+    from timm.utils import reparameterize_model
+    from .benchmark import count_params
+    from .deploy_checkpoint import save_deploy_checkpoint
+    from .onnx_export import relative_error
+    model, data_config, name = _load(args, reparam=False, out_example=f'{args.model or "model"}_deploy.pth')
     x = _example(data_config, 2)
+    expected = _forward(model, x, args, name)
     with torch.no_grad():
-        expected = model(x)
         deployed = reparameterize_model(copy.deepcopy(model))
         error = relative_error(deployed(x), expected)
     path = save_deploy_checkpoint(deployed, name, data_config, args.out)
@@ -48,9 +60,13 @@ def cmd_reparam(args) -> int:
 
 
 def cmd_export(args) -> int:
-    model, data_config, name = _load(args, reparam=True)
+    import torch
+    from .onnx_export import export_onnx, onnx_metadata, relative_error, run_onnx
+    model, data_config, name = _load(args, reparam=True, out_example=f'{args.model or "model"}.onnx')
     example = _example(data_config, args.batch_size)
-    path = export_onnx(model, example, args.out, dynamic_batch=not args.static_batch, opset=args.opset)
+    _forward(model, example, args, name)  # an input the model refuses fails here, not inside the exporter
+    path = export_onnx(model, example, args.out, dynamic_batch=not args.static_batch, opset=args.opset,
+                       metadata=onnx_metadata(name, data_config, model.num_classes))
     print(f'{name}: wrote {path} (deploy form, input {tuple(example.shape)}'
           f"{', dynamic batch' if not args.static_batch else ''})")
     if args.no_check:
@@ -72,10 +88,12 @@ def _add_model_arguments(p) -> None:
                    help='lkconv training checkpoint, deploy checkpoint, official or timm weights file')
     p.add_argument('--pretrained', action='store_true', help='the published weights')
     p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
-    p.add_argument('--num-classes', type=int, default=None)
-    p.add_argument('--img-size', type=int, default=None, help="default: the model's evaluation input size")
+    p.add_argument('--num-classes', type=non_negative_int, default=None,
+                   help="classifier size of a plain weights file (default: the model's)")
+    p.add_argument('--img-size', type=positive_int, default=None,
+                   help="input side in pixels (default: the model's evaluation input size)")
     p.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted relative error (exit 1 above)')
-    p.add_argument('--out', required=True)
+    p.add_argument('--out', required=True, help='file to write')
 
 
 def add_commands(subparsers) -> None:
@@ -90,7 +108,7 @@ def add_commands(subparsers) -> None:
                               description='Re-parameterise, export to ONNX (torch.onnx dynamo exporter, its '
                                           'default opset) and compare onnxruntime with PyTorch.')
     _add_model_arguments(p)
-    p.add_argument('-b', '--batch-size', type=int, default=1, help='batch of the example input')
+    p.add_argument('-b', '--batch-size', type=positive_int, default=1, help='batch of the example input')
     p.add_argument('--static-batch', action='store_true', help='fix the batch size (default: dynamic)')
     p.add_argument('--opset', type=int, default=None, help="default: the installed exporter's")
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')

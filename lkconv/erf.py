@@ -15,13 +15,13 @@ from typing import Dict, Iterable, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ['erf_map', 'area_ratio', 'area_ratios', 'DEFAULT_THRESHOLDS']
+__all__ = ['erf_map', 'feature_map', 'area_ratio', 'area_ratios', 'DEFAULT_THRESHOLDS']
 
 DEFAULT_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
 
-def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's last spatial feature map as (B, C, H, W)."""
+def feature_map(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's last spatial feature map as (B, C, H, W); ValueError if it has none (or `x` does not fit)."""
     features = model.forward_features(x) if hasattr(model, 'forward_features') else model(x)
     if features.dim() != 4:
         raise ValueError(f'the ERF needs a spatial feature map (B, C, H, W); '
@@ -37,7 +37,7 @@ def erf_map(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
     total, count = None, 0
     for x in batches:
         x = x.detach().clone().requires_grad_(True)
-        features = _features(model, x)
+        features = feature_map(model, x)
         centre = features[:, :, features.shape[2] // 2, features.shape[3] // 2].sum()
         grad, = torch.autograd.grad(centre, x)
         contribution = grad.abs().sum(dim=1).sum(dim=0).double().cpu()

@@ -10,17 +10,26 @@ decay, scheduler with warm-up, EMA, AMP and loss scaler, DDP), runs the epochs w
   last.pth.tar     the state after the latest epoch (what `--resume` continues from)
   best.pth.tar     the state after the epoch with the best `train.eval_metric`
 
+Everything that can be checked is checked before the run starts: the run folder, the checkpoint and the
+settings a resume changes, the model's arguments and input (on the meta device), the data and its classes;
+then the model, optimizer and checkpoint state are built. Only then is the run folder created (or, on a
+resume, written to): a command that fails before leaves no folder behind and changes nothing in one.
+
 Only rank 0 logs and writes; every write is atomic. Each epoch reseeds the random generators from
 (seed, epoch, rank) and the samplers from the epoch, so a run resumed from `last.pth.tar` repeats the
-epochs an uninterrupted run would have trained, with the same losses.
+epochs an uninterrupted run would have trained, with the same losses. `train.stop_epoch` ends this
+command early; it is not a setting of the run, so config.yaml and the checkpoints do not keep it.
 """
+import dataclasses
+import logging
 import math
 import os
+import shlex
 import time
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import timm
@@ -31,60 +40,42 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, distribute_bn, random_seed
 
-from .config import Config, ConfigError, config_to_dict, dump_config
+from .config import Config, ConfigError, config_problem, config_to_dict, dump_config
 from .data import (
-    create_eval_loader, create_mixup, create_train_loader, dataset_num_classes, dataset_splits, loader_sampler,
-    prepare_dataset_dir, resolve_eval_data_config,
+    DataFolderError, class_difference, class_names, create_eval_loader, create_mixup, create_train_loader,
+    dataset_splits, empty_class_folder_problem, loader_sampler, prepare_dataset_dir, resolve_eval_data_config,
 )
+from .pretrained import explain_download_failure
 from .training.checkpoint import (
-    atomic_copy, atomic_write_text, load_checkpoint, make_checkpoint, remove_temp_files, restore_checkpoint,
-    save_checkpoint,
+    atomic_copy, atomic_write_text, check_resumable, load_checkpoint, make_checkpoint, remove_temp_files,
+    restore_checkpoint, save_checkpoint,
 )
 from .training.distillation import create_teacher
 from .training.distributed import DistributedContext, setup_distributed
 from .training.engine import evaluate, train_one_epoch
 from .training.losses import create_train_loss
-from .training.progress import close_run_logger, format_duration, open_run_logger
+from .training.progress import close_run_logger, format_duration, log_to_file, open_run_logger, start_log_file
+from .training.run_folder import (
+    BEST_CHECKPOINT, LAST_CHECKPOINT, RESOLVED_CONFIG, RESUME_LATEST, RunFolderError, resolve_run_folder,
+    run_config_path,
+)
 from .training.summary import EpochSummary
 
 __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATEST', 'RunFolderError',
-           'create_train_model', 'resolve_lr', 'resolve_run_folder', 'run_config_path', 'train']
+           'TrainingInterrupted', 'create_train_model', 'resolve_lr', 'resolve_run_folder', 'run_config_path',
+           'train']
 
-LAST_CHECKPOINT = 'last.pth.tar'
-BEST_CHECKPOINT = 'best.pth.tar'
-RESOLVED_CONFIG = 'config.yaml'
-RESUME_LATEST = 'auto'  # `--resume` without a path: the run folder named by output.dir/output.experiment
+# Settings whose values a resume takes from the checkpoint (the weights, the optimizer with its learning
+# rate and the schedule are restored): a resume refuses to change them rather than silently ignore them.
+_RESTORED_BY_RESUME = (
+    'model.name', 'model.num_classes', 'model.in_chans', 'model.kwargs', 'optim.opt', 'optim.lr', 'optim.lr_base',
+    'optim.lr_base_size', 'optim.lr_base_scale', 'optim.weight_decay', 'optim.momentum', 'optim.eps',
+    'optim.betas', 'optim.layer_decay', 'sched.*', 'train.epochs', 'train.model_ema',
+)
 
 
-class RunFolderError(RuntimeError):
-    pass
-
-
-def resolve_run_folder(config: Config, resume: Optional[str], timestamp: str) -> Tuple[Path, Optional[Path]]:
-    """The run folder and the checkpoint to resume from (None: a fresh start).
-
-    `resume` is None (fresh run; refuses a folder that already holds one), RESUME_LATEST (continue the
-    run of output.experiment if it has a checkpoint), or a run folder or checkpoint file.
-    """
-    output = config.output
-    if resume is None or resume == RESUME_LATEST:
-        if resume == RESUME_LATEST and not output.experiment:
-            raise RunFolderError('--resume without a path needs output.experiment (the run folder to continue); '
-                                 'or pass the run folder or checkpoint: --resume PATH')
-        name = output.experiment or f"{config.model.name.replace('/', '_')}-{timestamp}"
-        folder = Path(output.dir).expanduser() / name
-        last = folder / LAST_CHECKPOINT
-        if resume == RESUME_LATEST:
-            return folder, last if last.is_file() else None
-        if last.is_file():
-            raise RunFolderError(f"'{folder}' already holds a run: continue it with --resume, or choose another "
-                                 f"output.experiment")
-        return folder, None
-    path = Path(resume).expanduser()
-    checkpoint = path / LAST_CHECKPOINT if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise RunFolderError(f"nothing to resume: '{checkpoint}' does not exist")
-    return checkpoint.parent, checkpoint
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how to continue it."""
 
 
 def resolve_lr(config: Config, global_batch: int) -> float:
@@ -96,16 +87,29 @@ def resolve_lr(config: Config, global_batch: int) -> float:
     return optim.lr_base * (ratio if optim.lr_base_scale == 'linear' else math.sqrt(ratio))
 
 
+def _model_arguments(config: Config) -> Dict[str, Any]:
+    """timm.create_model's keyword arguments for the config's model, weights aside."""
+    model_cfg = config.model
+    optional = dict(num_classes=model_cfg.num_classes, in_chans=model_cfg.in_chans)
+    arguments = dict(drop_rate=model_cfg.drop_rate, drop_path_rate=model_cfg.drop_path_rate,
+                     **{k: v for k, v in optional.items() if v is not None})
+    duplicates = sorted(set(arguments) & set(model_cfg.kwargs))
+    if duplicates:  # would be a TypeError of create_model
+        raise ConfigError([config_problem(config, 'model.kwargs', f"{', '.join(duplicates)}: set by model."
+                                          f"{'/model.'.join(duplicates)} instead")])
+    return dict(arguments, **model_cfg.kwargs)
+
+
 def create_train_model(config: Config) -> nn.Module:
     """The model as the config describes it, with pretrained weights (a hub tag or a file) if asked for."""
     model_cfg = config.model
-    optional = dict(num_classes=model_cfg.num_classes, in_chans=model_cfg.in_chans)
-    kwargs: Dict[str, Any] = {k: v for k, v in optional.items() if v is not None}
+    kwargs = _model_arguments(config)
     if model_cfg.pretrained_path:
         kwargs['pretrained_cfg_overlay'] = dict(file=str(Path(model_cfg.pretrained_path).expanduser()))
-    model = timm.create_model(
-        model_cfg.name, pretrained=model_cfg.pretrained or bool(model_cfg.pretrained_path),
-        drop_rate=model_cfg.drop_rate, drop_path_rate=model_cfg.drop_path_rate, **kwargs, **model_cfg.kwargs)
+    downloads = model_cfg.pretrained and not model_cfg.pretrained_path
+    with explain_download_failure(model_cfg.name) if downloads else nullcontext():
+        model = timm.create_model(model_cfg.name, pretrained=model_cfg.pretrained or bool(model_cfg.pretrained_path),
+                                  **kwargs)
     if model_cfg.head_init_scale is not None:
         classifier = model.get_classifier()
         with torch.no_grad():
@@ -118,6 +122,92 @@ def create_train_model(config: Config) -> nn.Module:
     return model
 
 
+def _check_model(config: Config) -> Optional[nn.Module]:
+    """The model built on the meta device (no memory, no weights), after checking what the config asks of
+    it: its constructor arguments, and the mean, std and size of the images it is fed. None where a model
+    cannot be built on the meta device (the real build then reports any problem)."""
+    name = config.model.name
+    arguments = _model_arguments(config)
+    try:
+        with torch.device('meta'):
+            model = timm.create_model(name, **arguments)
+    except (TypeError, ValueError) as e:  # the constructor refusing its arguments
+        key = 'model.kwargs' if config.model.kwargs else 'model.name'
+        raise ConfigError([config_problem(config, key, f'{name} cannot be built with these arguments: {e}')]) \
+            from None
+    except Exception:  # e.g. a model that computes with tensors while it is built: no meta check
+        return None
+    in_chans = getattr(model, 'in_chans', 3)
+    problems = []
+    for key in ('data.mean', 'data.std'):
+        values = getattr(config.data, key.split('.')[1])
+        if values is not None and len(values) not in (1, in_chans):  # timm repeats a single value
+            problems.append(config_problem(config, key, f'expected {in_chans} numbers (one per input channel of '
+                                                        f'{name}) or one for all, got {len(values)}'))
+    if problems:
+        raise ConfigError(problems)
+    if config.data.img_size is not None:
+        input_size = resolve_eval_data_config(config.data, model)['input_size']
+        try:
+            model.eval()(torch.empty(1, *input_size, device='meta'))
+        except ValueError as e:  # the models' check of their input: too small, wrong channel count
+            raise ConfigError([config_problem(config, 'data.img_size', f'{name} cannot take {input_size[1]}x'
+                                                                       f'{input_size[2]} images: {e}')]) from None
+        except Exception:
+            pass  # an operation without a meta implementation: the run itself will tell
+    return model
+
+
+def _check_classes(config: Config, train_set, val_set, num_classes: Optional[int]) -> None:
+    """The class folders of both splits: none empty, the same in both, as many as the model's outputs."""
+    data = config.data
+    problems = []
+    for key, dataset in (('data.train_split', train_set), ('data.val_split', val_set)):
+        problem = empty_class_folder_problem(dataset) if dataset is not None else None
+        if problem:
+            problems.append(config_problem(config, key, problem))
+    found = class_names(train_set)
+    found_val = class_names(val_set) if val_set is not None else None
+    difference = class_difference(found, found_val) if found and found_val else None
+    if difference:
+        problems.append(config_problem(
+            config, 'data.val_split', f"split '{data.val_split}' has other classes than split '{data.train_split}' "
+                                      f"({difference}); both need the same class folders, as labels are numbered "
+                                      f"by class name"))
+    if found and num_classes is not None and len(found) != num_classes:
+        problems.append(config_problem(
+            config, 'model.num_classes', f'the training data has {len(found)} classes but {config.model.name} has '
+                                         f'{num_classes} outputs; set model.num_classes={len(found)}'))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _run_config(config: Config) -> Config:
+    """The settings of the run, as config.yaml and the checkpoints keep them: without train.stop_epoch,
+    which ends only the command that sets it."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, stop_epoch=None))
+
+
+def _flatten(config: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    return {f'{section}.{key}': value for section, values in config.items() for key, value in values.items()}
+
+
+def _resume_changes(checkpoint: Dict[str, Any], config: Config, path: Path) -> List[str]:
+    """The settings that differ from the checkpoint's run, as 'key (old -> new)', applied when the run
+    starts; raises RunFolderError for those the checkpoint restores."""
+    old, new = _flatten(checkpoint['config']), _flatten(config_to_dict(_run_config(config)))
+    changed = [k for k in new if k in old and old[k] != new[k] and k != 'train.stop_epoch'
+               and not k.startswith('output.')]  # the run folder is the one being resumed
+    described = {k: f'{k} ({old[k]!r} -> {new[k]!r})' for k in changed}
+    refused = [k for k in changed if k in _RESTORED_BY_RESUME or f"{k.split('.')[0]}.*" in _RESTORED_BY_RESUME]
+    if refused:
+        raise RunFolderError(
+            f"cannot resume '{path}' with changed {', '.join(described[k] for k in refused)}: the checkpoint "
+            f"restores the model, optimizer and schedule; drop the change, or start a new run (another "
+            f"output.experiment)")
+    return [described[k] for k in changed]
+
+
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Seed Python, NumPy and torch from (seed, epoch, rank): augmentation and drop-path depend only on these."""
     state = np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]
@@ -128,11 +218,6 @@ def _is_better(metric: float, best: Optional[float], eval_metric: str) -> bool:
     if best is None:
         return True
     return metric < best if eval_metric == 'loss' else metric > best
-
-
-def _changed_keys(old: Dict[str, Dict[str, Any]], new: Dict[str, Dict[str, Any]]) -> list:
-    return [f'{section}.{key}' for section, values in new.items() for key, value in values.items()
-            if old.get(section, {}).get(key) != value]
 
 
 @contextmanager
@@ -168,46 +253,66 @@ def _train(config: Config, resume: Optional[str], ctx: DistributedContext) -> Pa
     started = time.time()
     timestamp = ctx.broadcast(time.strftime('%Y%m%d-%H%M%S'))  # one run folder name for every rank
     run_dir, resume_from = resolve_run_folder(config, resume, timestamp)
-    checkpoint = load_checkpoint(resume_from) if resume_from is not None else None
-    if ctx.is_primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(run_dir)
-    ctx.barrier()
-    logger = open_run_logger(run_dir / 'train.log', ctx.is_primary)
+    checkpoint, changes = None, []
+    if resume_from is not None:
+        checkpoint = load_checkpoint(resume_from)
+        check_resumable(checkpoint, resume_from)
+        changes = _resume_changes(checkpoint, config, resume_from)
+    meta_model = _check_model(config)
+    logger = open_run_logger(ctx.is_primary)
     try:
-        return _run(config, ctx, run_dir, checkpoint, logger, started)
+        return _run(config, ctx, run_dir, checkpoint, changes, meta_model, logger, started)
     finally:
         close_run_logger(logger)
 
 
-def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Optional[Dict[str, Any]], logger,
-         started: float) -> Path:
-    train_cfg, data_cfg = config.train, config.data
-    config_dict = config_to_dict(config)
-    if checkpoint is not None:
-        changed = _changed_keys(checkpoint.get('config', {}), config_dict)
-        if changed:
-            logger.warning(f'resuming with settings that differ from the checkpoint\'s: {", ".join(changed)}')
+def _prepare_dataset_dir(config: Config, ctx: DistributedContext) -> Optional[str]:
+    """The dataset root, written out by rank 0 first where the dataset is embedded."""
+    error = None
     if ctx.is_primary:
-        atomic_write_text(run_dir / RESOLVED_CONFIG, dump_config(config))
-    backend = f', backend {torch.distributed.get_backend()}' if ctx.distributed else ''
-    logger.info(f'run folder {run_dir}; {ctx.world_size} process(es) on {ctx.device.type}{backend}')
-
-    # data first: a wrong folder or class count fails before the model is built
-    if ctx.is_primary:
-        root = prepare_dataset_dir(data_cfg)  # writes an embedded dataset out once
-    ctx.barrier()
+        try:
+            root = prepare_dataset_dir(config.data.dataset, config.data.dir)
+        except DataFolderError as e:
+            error = config_problem(config, 'data.dir', str(e))
+    error = ctx.broadcast(error)  # also the barrier: the others read what rank 0 wrote
+    if error:
+        raise ConfigError([error])
     if not ctx.is_primary:
-        root = prepare_dataset_dir(data_cfg)
+        root = prepare_dataset_dir(config.data.dataset, config.data.dir)
+    return root
+
+
+def _start_run(config: Config, ctx: DistributedContext, run_dir: Path, logger) -> None:
+    """Create the run folder and write its config and log: from here on the run has started."""
+    if ctx.is_primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(run_dir)
+        atomic_write_text(run_dir / RESOLVED_CONFIG, dump_config(_run_config(config)))
+        start_log_file(logger, run_dir / 'train.log')
+    ctx.barrier()
+
+
+def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Optional[Dict[str, Any]],
+         changes: List[str], meta_model: Optional[nn.Module], logger, started: float) -> Path:
+    train_cfg, data_cfg = config.train, config.data
+    config_dict = config_to_dict(_run_config(config))  # what the checkpoints keep
+    if changes:
+        logger.info(f'resuming with changed settings (applied): {", ".join(changes)}')
+    if train_cfg.stop_epoch is not None:
+        logger.info(f'train.stop_epoch={train_cfg.stop_epoch}: this command stops after epoch '
+                    f'{train_cfg.stop_epoch}; the run keeps its length (not saved in {RESOLVED_CONFIG})')
+
+    # data first: a wrong folder or class count fails before the model is built or weights are read
+    root = _prepare_dataset_dir(config, ctx)
     train_set, val_set = dataset_splits(config, root)
+    _check_classes(config, train_set, val_set, meta_model.num_classes if meta_model is not None else None)
+    label_names = class_names(train_set)
 
     random_seed(train_cfg.seed, 0)  # the same initial weights on every rank
     model = create_train_model(config)
     num_classes = model.num_classes
-    found = dataset_num_classes(train_set)
-    if found is not None and found != num_classes:
-        raise ConfigError([f'model.num_classes: the training data has {found} classes but {config.model.name} '
-                           f'has {num_classes} outputs; set model.num_classes={found}'])
+    if meta_model is None:  # the class count is checked only now
+        _check_classes(config, train_set, None, num_classes)
     data_config = resolve_eval_data_config(data_cfg, model)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(f'model {config.model.name}: {n_params:,} parameters, {num_classes} classes, input '
@@ -267,7 +372,9 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
                 scheduler.step(start_epoch)
         logger.info(f'resumed after epoch {start_epoch} ({num_updates} updates)')
     if start_epoch >= stop_epoch:
-        logger.info(f'nothing to do: the run already completed epoch {start_epoch} of {stop_epoch}')
+        more = f' (train.stop_epoch={stop_epoch}; train.stop_epoch=null goes on to epoch {total_epochs})' \
+            if stop_epoch < total_epochs else ''
+        logger.info(f'nothing to do: the run already completed epoch {start_epoch} of {stop_epoch}{more}')
         return run_dir
 
     teacher = None
@@ -282,66 +389,72 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.local_rank] if use_cuda else None)
 
+    _start_run(config, ctx, run_dir, logger)
+    backend = f', backend {torch.distributed.get_backend()}' if ctx.distributed else ''
+    logger.info(f'run folder {run_dir}; {ctx.world_size} process(es) on {ctx.device.type}{backend}')
     logger.info(f'{len(train_set)} training images, {len(val_set) if val_set is not None else 0} for evaluation; '
                 f'global batch {global_batch} ({data_cfg.batch_size} x {ctx.world_size} process(es) x '
                 f'{train_cfg.grad_accum_steps} accumulation), lr {lr:.3e}, epochs {start_epoch + 1}-{stop_epoch} '
                 f'of {total_epochs}')
     summary = EpochSummary(run_dir / 'summary.csv', resume_after_epoch=start_epoch) if ctx.is_primary else None
-    for epoch in range(start_epoch + 1, stop_epoch + 1):
-        _seed_epoch(train_cfg.seed, epoch, ctx.rank)
-        sampler = loader_sampler(train_loader)
-        if hasattr(sampler, 'set_epoch'):
-            sampler.set_epoch(epoch)
-        if mixup is not None and data_cfg.mixup_off_epoch:
-            mixup.mixup_enabled = epoch <= data_cfg.mixup_off_epoch
-        result = train_one_epoch(
-            model, train_loader, optimizer, loss_fn, ctx, config, epoch=epoch, epochs=total_epochs,
-            num_updates=num_updates, autocast=autocast, logger=logger, scheduler=scheduler,
-            loss_scaler=loss_scaler, mixup=mixup, model_ema=model_ema)
-        num_updates = result.num_updates
-        if ctx.distributed and train_cfg.dist_bn:
-            distribute_bn(model, ctx.world_size, train_cfg.dist_bn == 'reduce')
+    epoch = saved_epoch = start_epoch
+    try:
+        for epoch in range(start_epoch + 1, stop_epoch + 1):
+            _seed_epoch(train_cfg.seed, epoch, ctx.rank)
+            sampler = loader_sampler(train_loader)
+            if hasattr(sampler, 'set_epoch'):
+                sampler.set_epoch(epoch)
+            if mixup is not None and data_cfg.mixup_off_epoch:
+                mixup.mixup_enabled = epoch <= data_cfg.mixup_off_epoch
+            result = train_one_epoch(
+                model, train_loader, optimizer, loss_fn, ctx, config, epoch=epoch, epochs=total_epochs,
+                num_updates=num_updates, autocast=autocast, logger=logger, scheduler=scheduler,
+                loss_scaler=loss_scaler, mixup=mixup, model_ema=model_ema)
+            num_updates = result.num_updates
+            if ctx.distributed and train_cfg.dist_bn:
+                distribute_bn(model, ctx.world_size, train_cfg.dist_bn == 'reduce')
 
-        metrics = None
-        if val_loader is not None and (epoch % train_cfg.val_interval == 0 or epoch == stop_epoch):
-            metrics = evaluate(model, val_loader, ctx, autocast, train_cfg.channels_last)
-            message = f'epoch {epoch} eval: loss {metrics["loss"]:.4f} top-1 {metrics["top1"]:.2f} ' \
-                      f'top-5 {metrics["top5"]:.2f}'
-            if model_ema is not None and train_cfg.model_ema_eval:  # as in timm, these are the ones recorded
-                metrics = evaluate(model_ema.module, val_loader, ctx, autocast, train_cfg.channels_last)
-                message += f'; EMA: loss {metrics["loss"]:.4f} top-1 {metrics["top1"]:.2f} ' \
-                           f'top-5 {metrics["top5"]:.2f}'
-            logger.info(message)
-        metric = metrics[train_cfg.eval_metric] if metrics is not None else None
-        if scheduler is not None:
-            scheduler.step(epoch, metric)
+            metrics = None
+            if val_loader is not None and (epoch % train_cfg.val_interval == 0 or epoch == stop_epoch):
+                metrics = evaluate(model, val_loader, ctx, autocast, train_cfg.channels_last)
+                message = f'epoch {epoch} eval: loss {metrics["loss"]:.4f} top-1 {metrics["top1"]:.2f} ' \
+                          f'top-5 {metrics["top5"]:.2f}'
+                if model_ema is not None and train_cfg.model_ema_eval:  # as in timm, these are the ones recorded
+                    metrics = evaluate(model_ema.module, val_loader, ctx, autocast, train_cfg.channels_last)
+                    message += f'; EMA: loss {metrics["loss"]:.4f} top-1 {metrics["top1"]:.2f} ' \
+                               f'top-5 {metrics["top5"]:.2f}'
+                logger.info(message)
+            metric = metrics[train_cfg.eval_metric] if metrics is not None else None
+            if scheduler is not None:
+                scheduler.step(epoch, metric)
 
-        improved = metric is not None and _is_better(metric, best_metric, train_cfg.eval_metric)
-        if improved:
-            best_metric, best_epoch = metric, epoch
-        if ctx.is_primary:
-            summary.add(epoch, result.loss, result.lr, result.img_per_sec, metrics)
-            state = make_checkpoint(
-                epoch=epoch, model=model, optimizer=optimizer, config=config_dict, data_config=data_config,
-                num_updates=num_updates, metric=metric, best_metric=best_metric, best_epoch=best_epoch,
-                scheduler=scheduler, loss_scaler=loss_scaler, model_ema=model_ema)
-            save_checkpoint(state, run_dir / LAST_CHECKPOINT)
+            improved = metric is not None and _is_better(metric, best_metric, train_cfg.eval_metric)
             if improved:
-                atomic_copy(run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT)
-        logger.info(f'epoch {epoch} done: train loss {result.loss:.4f}, {result.img_per_sec:.1f} img/s, '
-                    f'elapsed {format_duration(time.time() - started)}')
+                best_metric, best_epoch = metric, epoch
+            if ctx.is_primary:
+                summary.add(epoch, result.loss, result.lr, result.img_per_sec, metrics)
+                state = make_checkpoint(
+                    epoch=epoch, model=model, optimizer=optimizer, config=config_dict, data_config=data_config,
+                    num_updates=num_updates, metric=metric, best_metric=best_metric, best_epoch=best_epoch,
+                    scheduler=scheduler, loss_scaler=loss_scaler, model_ema=model_ema, label_names=label_names)
+                save_checkpoint(state, run_dir / LAST_CHECKPOINT)
+                if improved:
+                    atomic_copy(run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT)
+            saved_epoch = epoch
+            logger.info(f'epoch {epoch} done: train loss {result.loss:.4f}, {result.img_per_sec:.1f} img/s, '
+                        f'elapsed {format_duration(time.time() - started)}')
+    except KeyboardInterrupt:
+        saved = f'epochs up to {saved_epoch} are saved' if saved_epoch else 'no epoch is saved yet'
+        message = f'interrupted in epoch {epoch} ({saved}); continue with: lkconv train --resume ' \
+                  f'{shlex.quote(str(run_dir))}'
+        log_to_file(logger, logging.WARNING, message)
+        raise TrainingInterrupted(message) from None
+    except Exception as e:
+        log_to_file(logger, logging.ERROR, f'stopped in epoch {epoch}: {type(e).__name__}: {e}', exc_info=True)
+        raise
     ctx.barrier()
     if best_metric is not None:
         logger.info(f'best eval {train_cfg.eval_metric} {best_metric:.4f} at epoch {best_epoch}')
     logger.info(f'finished in {format_duration(time.time() - started)}; run folder {run_dir}')
     return run_dir
 
-
-def run_config_path(resume: str) -> Path:
-    """The resolved config of the run that `--resume PATH` names (a run folder or one of its checkpoints)."""
-    path = Path(resume).expanduser()
-    folder = path if path.is_dir() else path.parent
-    config = folder / RESOLVED_CONFIG
-    if not config.is_file():
-        raise RunFolderError(f"'{folder}' has no {RESOLVED_CONFIG}; pass the config with -c")
-    return config

@@ -5,6 +5,10 @@ resize, crop and normalisation its run evaluated with (stored in the checkpoint)
 pretrained config (its test size where it has one). Command-line values override either. With
 `reparam=True` the model is re-parameterised (timm's `reparameterize_model`) before evaluation, which
 for UniRepLKNet and LSNet gives the deployment form and must not change the accuracy.
+
+The class names a model was trained on travel with it: `load_eval_model` returns them in the data config
+under `label_names` (as timm's pretrained cfgs name them) when its checkpoint records them, and `validate`
+refuses a dataset whose classes differ from them.
 """
 import logging
 import time
@@ -22,10 +26,15 @@ from timm.utils import reparameterize_model
 
 from .config import parse_config
 from .deploy_checkpoint import is_deploy_checkpoint, load_deploy_model
-from .data import DIGITS, create_eval_loader, dataset_num_classes, default_digits_dir, write_digits_imagefolder
+from .data import (
+    DIGITS, class_difference, class_names, create_eval_loader, empty_class_folder_problem, prepare_dataset_dir,
+    timm_dataset_name,
+)
+from .names import check_model_name
+from .pretrained import WeightsUnavailable, explain_download_failure
 from .train import create_train_model
-from .training.checkpoint import CheckpointError, load_checkpoint
-from .training.distributed import DistributedContext, resolve_device_name
+from .training.checkpoint import LABEL_NAMES, CheckpointError, load_checkpoint
+from .training.distributed import DistributedContext, device_problem, resolve_device_name
 from .training.engine import evaluate
 
 __all__ = ['ValidateOptions', 'load_eval_model', 'validate']
@@ -72,7 +81,10 @@ def _with_overrides(data_config: Dict[str, Any], overrides: Dict[str, Any]) -> D
 
 
 def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any], str]:
-    """The model in eval mode with its weights, its evaluation data config, and its name."""
+    """The model in eval mode with its weights, its evaluation data config, and its name. The data config
+    holds `label_names` (the class names by output) where the checkpoint records them."""
+    if options.model:
+        check_model_name(options.model)
     overrides = dict(img_size=options.img_size, crop_pct=options.crop_pct, crop_mode=options.crop_mode,
                      interpolation=options.interpolation)
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -99,6 +111,8 @@ def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any]
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint '{options.checkpoint}' does not match {name}: {e}") from e
         data_config = _with_overrides(checkpoint['data_config'], overrides)
+        if checkpoint.get(LABEL_NAMES):  # absent from checkpoints written before they were stored
+            data_config[LABEL_NAMES] = list(checkpoint[LABEL_NAMES])
     else:
         if not options.model:
             raise ValueError('name the model (--model): the checkpoint does not say which model it is for')
@@ -115,8 +129,12 @@ def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any]
                 overlay['num_classes'] = options.num_classes
             kwargs['pretrained_cfg_overlay'] = overlay
         name = options.model
+        downloads = checkpoint is None and options.pretrained
         try:
-            model = timm.create_model(name, pretrained=checkpoint is not None or options.pretrained, **kwargs)
+            with explain_download_failure(name) if downloads else nullcontext():
+                model = timm.create_model(name, pretrained=checkpoint is not None or options.pretrained, **kwargs)
+        except WeightsUnavailable as e:  # one line for every command that loads its model here
+            raise CheckpointError(str(e)) from None
         except RuntimeError as e:
             if not options.checkpoint:
                 raise
@@ -130,9 +148,24 @@ def load_eval_model(options: ValidateOptions) -> Tuple[nn.Module, Dict[str, Any]
     return model, data_config, name
 
 
+def _check_options(options: ValidateOptions) -> None:
+    """The command line's own values, before anything is loaded."""
+    if options.batch_size < 1:
+        raise ValueError(f'--batch-size: must be at least 1, got {options.batch_size}')
+    if options.workers < 0:
+        raise ValueError(f'--workers: must not be negative, got {options.workers}')
+    problem = device_problem(options.device)
+    if problem:
+        raise ValueError(f'--device: {problem}')
+
+
 def validate(options: ValidateOptions) -> Dict[str, Any]:
     """Evaluate; returns model, top1, top1_err, top5, top5_err, loss, param_count (millions), input size,
     crop, interpolation, images and img_per_sec."""
+    _check_options(options)
+    if options.dataset != DIGITS and not (options.data_dir and Path(options.data_dir).expanduser().exists()):
+        raise FileNotFoundError(f"data directory '{options.data_dir}' does not exist")
+    root = prepare_dataset_dir(options.dataset, options.data_dir)  # writes lkconv/digits out (into a new folder)
     device = torch.device(resolve_device_name(options.device))
     ctx = DistributedContext(device=device)
     model, data_config, name = load_eval_model(options)
@@ -140,18 +173,19 @@ def validate(options: ValidateOptions) -> Dict[str, Any]:
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    if options.dataset == DIGITS:
-        root = str(write_digits_imagefolder(Path(options.data_dir).expanduser() if options.data_dir
-                                            else default_digits_dir()))
-        dataset_name = ''
-    else:
-        if not options.data_dir or not Path(options.data_dir).expanduser().exists():
-            raise FileNotFoundError(f"data directory '{options.data_dir}' does not exist")
-        root, dataset_name = str(Path(options.data_dir).expanduser()), options.dataset
-    dataset = create_dataset(dataset_name, root=root, split=options.split, class_map=options.class_map or None)
-    found = dataset_num_classes(dataset)
-    if found is not None and found != model.num_classes:
-        raise ValueError(f'the dataset has {found} classes but {name} has {model.num_classes} outputs'
+    dataset = create_dataset(timm_dataset_name(options.dataset), root=root, split=options.split,
+                             class_map=options.class_map or None)
+    problem = empty_class_folder_problem(dataset)
+    if problem:
+        raise ValueError(problem)
+    found = class_names(dataset)
+    trained_on = data_config.get(LABEL_NAMES)
+    difference = class_difference(trained_on, found) if trained_on and found else None
+    if difference:
+        raise ValueError(f"split '{options.split}' has other classes than the ones {name} was trained on "
+                         f"({difference}); its labels would not match the model's outputs")
+    if found is not None and len(found) != model.num_classes:
+        raise ValueError(f'the dataset has {len(found)} classes but {name} has {model.num_classes} outputs'
                          + ('; pass --num-classes' if not options.checkpoint else ''))
     loader = create_eval_loader(dataset, data_config, options.batch_size, options.workers, distributed=False,
                                 device=device)
@@ -170,4 +204,3 @@ def validate(options: ValidateOptions) -> Dict[str, Any]:
         img_size=data_config['input_size'][-1], crop_pct=data_config['crop_pct'],
         crop_mode=data_config['crop_mode'], interpolation=data_config['interpolation'],
         reparameterized=options.reparam, images=len(dataset), img_per_sec=round(len(dataset) / elapsed, 1))
-

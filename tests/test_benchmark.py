@@ -25,6 +25,9 @@ def test_resolve_names_wildcards_families_and_all():
     assert [s.source for s in resolve_models(['inception_next_t*'])] == ['timm']  # not in the zoo: timm's
     with pytest.raises(ValueError, match="no model matches 'unireplknet_tt'.*unireplknet_t"):
         resolve_models(['unireplknet_tt'])
+    assert [s.name for s in resolve_models(['van_b0.*'])] == ['van_b0.in1k']  # a wildcard over pretrained tags
+    with pytest.raises(ValueError, match=r"no model matches 'unireplknet_a\.in1kk'; did you mean: unireplknet_a\.in1k"):
+        resolve_models(['unireplknet_a.in1kk'])  # an unknown tag is not a model
 
 
 def test_settings_are_validated():
@@ -131,3 +134,6 @@ def test_bench_command_side_by_side_with_outputs(tmp_path, capsys):
 def test_bench_command_unknown_model():
     with pytest.raises(SystemExit, match="no model matches 'van_b9'.*van_b"):
         main(['bench', 'van_b9'])
+    with pytest.raises(SystemExit, match="^lkconv bench: baseline 'resnet19' is not among the benchmarked models; "
+                                         "did you mean: resnet18$"):
+        main(['bench', 'van_b0', 'resnet18', '--baseline', 'resnet19'])

@@ -1,4 +1,7 @@
-"""The `lkconv` command line: zoo listing, model facts, errors for unknown names, and the demo."""
+"""The `lkconv` command line: zoo listing, model facts, errors for unknown names, the demo, help texts and start-up."""
+import subprocess
+import sys
+
 import pytest
 
 from lkconv.cli import main
@@ -27,3 +30,49 @@ def test_demo(capsys):
     out = capsys.readouterr().out
     assert 'unireplknet_a: 4,649,060 parameters' in out
     assert 'GMACs' in out and 're-parameterised: 4,437,300 parameters' in out
+
+
+def test_list_takes_what_bench_takes(capsys):
+    import lkconv
+    main(['list'])
+    assert capsys.readouterr().out.split() == lkconv.list_models()  # the zoo
+    main(['list', 'van_b[01]', 'unireplknet', 'resnet18', 'van_b0'])  # wildcard, family, timm name; once each
+    names = capsys.readouterr().out.split()
+    assert names[:2] == ['van_b0', 'van_b1'] and names[-1] == 'resnet18' and len(names) == len(set(names))
+    assert set(names[2:-1]) == {n for n in lkconv.list_models() if n.startswith('unireplknet_')}
+    main(['list', 'van_b0', 'unireplknet_a', '--pretrained'])
+    assert capsys.readouterr().out.split() == ['van_b0.in1k', 'unireplknet_a.in1k']
+    with pytest.raises(SystemExit, match=r"^lkconv list: no model matches 'zzzz'$"):
+        main(['list', 'zzzz'])
+
+
+def test_help_shows_defaults_and_explains_every_option(capsys):
+    from lkconv.cli import build_parser
+    commands = next(a for a in build_parser()._actions if a.dest == 'command').choices
+    for name in ('list', 'info', 'demo', 'bench', 'erf', 'reparam', 'export'):
+        undocumented = [a.dest for a in commands[name]._actions if not a.help]
+        assert not undocumented, (name, undocumented)
+    with pytest.raises(SystemExit):
+        main(['bench', '--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'timed steps per model, workload and round (default: 10)' in text
+    assert 'default: 256 on CUDA, 16 on CPU' in text and '(default: None)' not in text
+    assert '(default: False)' not in text
+
+
+def test_command_line_starts_without_torch():
+    """Building the parser (`lkconv --help`, a mistyped option) imports neither torch nor timm; `import lkconv`
+    still registers the models with timm, whichever is imported first."""
+    code = ('import sys, lkconv.cli\n'
+            'lkconv.cli.build_parser()\n'
+            'assert not {"torch", "timm"} & set(sys.modules), sorted({"torch", "timm"} & set(sys.modules))\n'
+            'import timm\n'
+            'assert timm.create_model("unireplknet_t", device="meta").num_classes == 1000\n'
+            'import lkconv.layers\n'
+            'print(lkconv.list_models()[0], lkconv.layers.__name__)\n')
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == '', result.stderr
+    assert result.stdout.split() == ['unireplknet_a', 'lkconv.layers']
+    code = 'import lkconv.layers, timm; print(timm.is_model("van_b0"))'  # timm first imported inside lkconv
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout == 'True\n', result.stderr

@@ -114,7 +114,7 @@ def test_missing_split_folder_is_reported(tmp_path):
 
 def test_unknown_model_and_missing_name(tmp_path):
     with pytest.raises(ConfigError, match=r"command line: model.name: unknown model 'unireplknet_tt'; "
-                                          r"did you mean 'unireplknet_t'"):
+                                          r"did you mean: unireplknet_t\b"):
         load_config(None, ['model.name=unireplknet_tt', 'data.dataset=lkconv/digits'])
     with pytest.raises(ConfigError, match=r'model.name: required'):
         load_config(None, ['data.dataset=lkconv/digits'])

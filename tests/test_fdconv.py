@@ -138,6 +138,45 @@ def test_meta_device_and_torchscript():
         torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
 
 
+@pytest.mark.parametrize('kernel_size, stride, for_stride, has_fbm', [
+    (3, 1, False, True), (3, 2, False, True), (1, 2, False, False), (1, 2, True, True), (1, 1, True, False)])
+def test_fbm_placement_rule(kernel_size, stride, for_stride, has_fbm):
+    # official: FBM if the kernel size is in use_fbm_if_k_in, or with use_fbm_for_stride for any strided layer
+    layer = FDConv(32, 64, kernel_size, stride=stride, padding=kernel_size // 2, kernel_num=8,
+                   use_fbm_for_stride=for_stride, device='meta')
+    assert layer.use_fdconv and (layer.fbm is not None) == has_fbm
+
+
+def test_use_fbm_for_stride_loads_official_keys_and_filters_the_input():
+    """A strided 1x1 layer of an official model built with `use_fbm_for_stride=True`: its `FBM.*` keys load
+    strictly, and the layer convolves the band-modulated input."""
+    kwargs = dict(in_channels=32, out_channels=64, kernel_size=1, stride=2, kernel_num=8)
+    source = FDConv(**kwargs, use_fbm_for_stride=True).eval()
+    with torch.no_grad():
+        for conv, gain in zip(source.fbm.band_convs, (0.5, -1., 2.)):  # spatially constant, unequal band gains
+            conv.weight.zero_()
+            conv.bias.fill_(gain)
+    official = {k[1:]: v for k, v in _official_names({'.' + k: v for k, v in source.state_dict().items()}).items()}
+    assert {k for k in official if k.startswith('FBM.')} == {
+        f'FBM.freq_weight_conv_list.{i}.{p}' for i in range(3) for p in ('weight', 'bias')}
+
+    layer = FDConv(**kwargs, use_fbm_for_stride=True).eval()
+    layer.load_state_dict(official, strict=True)
+    plain = FDConv(**kwargs).eval()  # the option's default: no FBM for 1x1 layers
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*fbm\.band_convs'):
+        plain.load_state_dict(dict(official), strict=True)
+    plain.load_state_dict({k: v for k, v in official.items() if not k.startswith('FBM.')}, strict=True)
+
+    x = torch.randn(2, 32, 12, 10)
+    with torch.no_grad():
+        filtered = layer.fbm(x)
+        # constant gains keep the mean (every band above the lowest has none), so the global attentions agree
+        torch.testing.assert_close(filtered.mean(dim=(2, 3)), x.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
+        out = layer(x)
+        torch.testing.assert_close(out, plain(filtered), rtol=1e-4, atol=1e-5)
+        assert out.shape == (2, 64, 6, 5) and _rel(out, plain(x)) > 0.05
+
+
 # ------------------------------------------------------------------------- the Fourier weight
 def test_frequency_groups_are_contiguous_bands():
     rows, cols, n = 128, 62, 64  # 128 x 32 coefficients

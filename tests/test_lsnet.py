@@ -190,6 +190,78 @@ def test_reparameterize_equals_unfused(official, fixture):
     assert rel_error(out, fixture['logits']) < TOL
 
 
+def _official_fused(sd, eps=1e-5):
+    """An official training-form state_dict after the official fuse (spec section 9), from its formulas:
+    Conv2d_BN `X.c` + `X.bn` -> conv `X` with bias; RepVGGDW `mixer.conv` + `mixer.conv1` + identity -> one
+    3x3 conv `mixer`; BN_Linear `head.bn` + `head.l` -> Linear `head`. Everything else is kept."""
+    def bn_affine(prefix):
+        scale = sd[prefix + 'bn.weight'] / torch.sqrt(sd[prefix + 'bn.running_var'] + eps)
+        return scale, sd[prefix + 'bn.bias'] - sd[prefix + 'bn.running_mean'] * scale
+
+    fused, consumed = {}, set()
+    for prefix in [k[:-len('c.weight')] for k in sd if k.endswith('.c.weight')]:
+        scale, shift = bn_affine(prefix)
+        fused[prefix + 'weight'] = sd[prefix + 'c.weight'] * scale[:, None, None, None]
+        fused[prefix + 'bias'] = shift
+        consumed |= {k for k in sd if k.startswith((prefix + 'c.', prefix + 'bn.'))}
+    for prefix in [k[:-len('conv.c.weight')] for k in sd if k.endswith('.mixer.conv.c.weight')]:
+        w3, b3 = fused.pop(prefix + 'conv.weight'), fused.pop(prefix + 'conv.bias')
+        w1, b1 = fused.pop(prefix + 'conv1.weight'), fused.pop(prefix + 'conv1.bias')
+        fused[prefix + 'weight'] = w3 + F.pad(w1, [1, 1, 1, 1]) + F.pad(torch.ones_like(w1), [1, 1, 1, 1])
+        fused[prefix + 'bias'] = b3 + b1
+    for head in ('head', 'head_dist'):
+        if head + '.l.weight' in sd:
+            scale, shift = bn_affine(head + '.')
+            weight = sd[head + '.l.weight']
+            fused[head + '.weight'] = weight * scale[None, :]
+            fused[head + '.bias'] = weight @ shift + sd[head + '.l.bias']
+            consumed |= {k for k in sd if k.startswith((head + '.bn.', head + '.l.'))}
+    fused.update({k: v for k, v in sd.items() if k not in consumed})
+    return fused
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated')
+@pytest.mark.parametrize('name', ['lsnet_t', 'lsnet_t_distill'])
+def test_official_fused_checkpoint_loads_in_deploy_form(fixture, tmp_path, name):
+    sd = dict(fixture['state_dict'])
+    expected = fixture['logits']
+    if name.endswith('_distill'):  # a second head whose logits differ by exactly 1
+        sd.update({'head_dist.' + k[len('head.'):]: v.clone() for k, v in sd.items() if k.startswith('head.')})
+        sd['head_dist.l.bias'] = sd['head_dist.l.bias'] + 1.
+        expected = expected + 0.5
+    fused_sd = _official_fused(sd)
+    assert 'patch_embed.0.weight' in fused_sd and 'blocks2.2.mixer.weight' in fused_sd and 'head.weight' in fused_sd
+    assert not any('.c.' in k or k.startswith('head.l.') for k in fused_sd)
+    model = create_from_official(name, fused_sd, tmp_path, deploy=True).eval()  # strict through the filter
+
+    reference = create_from_official(name, sd, tmp_path).eval()
+    fused = reparameterize_model(reference)
+    assert model.state_dict().keys() == fused.state_dict().keys()
+    for key, value in fused.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_error(model(fixture['input'][:1]), expected[:1]) < TOL  # the official model's output
+        out = model(x)
+        torch.testing.assert_close(out, fused(x), rtol=1e-5, atol=1e-5 * out.abs().max().item())
+        torch.testing.assert_close(torch.jit.script(model)(x), out)
+    assert _num_params(model) == _num_params(fused) < _num_params(reference)
+
+
+def test_deploy_form_is_the_reparameterized_structure():
+    deploy = timm.create_model('lsnet_s_distill', deploy=True, device='meta')
+    fused = reparameterize_model(timm.create_model('lsnet_s_distill', device='meta'))
+    assert {k: v.shape for k, v in deploy.state_dict().items()} == {k: v.shape for k, v in fused.state_dict().items()}
+    assert reparameterize_model(deploy).state_dict().keys() == deploy.state_dict().keys()  # nothing left to fuse
+
+
+def test_checkpoint_form_mismatch_is_explained(fixture, tmp_path):
+    with pytest.raises(ValueError, match=r'fused \(deploy\) form.*deploy=True'):
+        create_from_official('lsnet_t', _official_fused(fixture['state_dict']), tmp_path)
+    with pytest.raises(ValueError, match=r'training \(unfused\) form.*deploy=True.*reparameterize_model'):
+        create_from_official('lsnet_t', fixture['state_dict'], tmp_path, deploy=True)
+
+
 # ------------------------------------------------------------------------------- attention-bias cache
 def test_bias_cache_follows_weights_loaded_after_eval(official):
     model = timm.create_model('lsnet_t').eval()  # all-zero bias tables

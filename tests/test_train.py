@@ -251,7 +251,11 @@ def test_ddp_two_gloo_processes(toy_data, tmp_path):
     assert '2 process(es) on cpu' in log
     assert 'global batch 8 (4 x 2 process(es) x 1 accumulation), lr 2.000e-03' in log
     assert log.count('epoch 2 done') == 1  # rank 0 alone logs
-    assert [r['epoch'] for r in read_summary(run_dir)] == ['1', '2']
+    rows = read_summary(run_dir)
+    assert [r['epoch'] for r in rows] == ['1', '2']
+    for row in rows:  # the running average printed last in an epoch is the loss of all processes summary.csv has
+        last = [line for line in log.splitlines() if f"epoch {row['epoch']}/2 [" in line][-1]
+        assert float(last.split('(avg ')[1].split(')')[0]) == pytest.approx(float(row['train_loss']), abs=1e-4)
     assert load_checkpoint(run_dir / 'last.pth.tar')['epoch'] == 2
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, TextIO
 
+from ..cli_args import unwritable_reason
 from .gpu_sections import SECTIONS, CheckFailed, CheckSettings, Section
 
 __all__ = ['main', 'run_sections', 'DEFAULT_BUDGET_S', 'SMOKE_BUDGET_S']
@@ -242,13 +243,10 @@ def _output_folder(path: Optional[str]) -> Path:
     folder = Path(path).expanduser()
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise SystemExit(f"gpu-check: '{folder}' is not an empty folder; give --out a new or empty folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / '.write-test'
-        probe.write_text('')
-        probe.unlink()
-    except OSError as e:
-        raise SystemExit(f"gpu-check: cannot write to '{folder}' ({e.strerror}); give --out a writable folder")
+    reason = unwritable_reason(folder)
+    if reason:
+        raise SystemExit(f"gpu-check: cannot write to '{folder}' ({reason}); give --out a writable folder")
+    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 

@@ -12,7 +12,8 @@ The batch is then convolved in one grouped conv (groups = batch) with its per-sa
 As in the official layer, the FD path is used only where it applies: min(Cin, Cout) > 16 and a kernel
 size in (1, 3); otherwise the layer is an ordinary `nn.Conv2d` (and keeps its `weight`). This
 implementation also requires groups = 1, a square kernel and zero padding for the FD path. FBM applies
-to every 3x3 FD layer, strided ones included, as in the official layer.
+to every 3x3 FD layer, strided ones included, as in the official layer, and with `use_fbm_for_stride`
+(official option, off by default) also to every strided FD layer of another kernel size.
 
 Given the same parameters it computes the official layer's output (official state_dict keys
 `dft_weight`, `KSM_Global.*`, `KSM_Local.*`, `FBM.*` load directly). Deliberate differences:
@@ -106,6 +107,7 @@ class FDConv(nn.Conv2d):
             kernel_temp = sqrt(n * param_ratio)).
         use_fdconv_if_c_gt, use_fdconv_if_k_in: activation rule; otherwise the layer is a plain conv.
         use_fbm_if_k_in: kernel sizes that get Frequency Band Modulation.
+        use_fbm_for_stride: also give FBM to every layer with stride > 1, whatever its kernel size.
         kernel_temp, temp: temperatures of the band attention and of the other attentions (temp None:
             kernel_temp).
         att_multi: sigmoid attentions are scaled to (0, att_multi).
@@ -132,6 +134,7 @@ class FDConv(nn.Conv2d):
             use_fdconv_if_c_gt: int = 16,
             use_fdconv_if_k_in: Sequence[int] = (1, 3),
             use_fbm_if_k_in: Sequence[int] = (3,),
+            use_fbm_for_stride: bool = False,
             kernel_temp: float = 1.0,
             temp: Optional[float] = None,
             att_multi: float = 2.0,
@@ -182,7 +185,8 @@ class FDConv(nn.Conv2d):
             att_multi=att_multi, act=ksm_global_act, only_kernel_att=ksm_only_kernel_att, **dd)
         self.ksm_local = (
             KernelSpatialModulationLocal(in_channels, out_channels * k * k, **dd) if use_ksm_local else None)
-        use_fbm = k in tuple(use_fbm_if_k_in) and len(fbm_k_list) > 0
+        # the official rule: by kernel size, or (optionally) for any strided layer
+        use_fbm = (k in tuple(use_fbm_if_k_in) or (use_fbm_for_stride and self.stride[0] > 1)) and len(fbm_k_list) > 0
         self.fbm = FrequencyBandModulation(
             in_channels, fbm_k_list, lowfreq_att=fbm_lowfreq_att, act=fbm_act, **dd) if use_fbm else None
 

@@ -6,6 +6,7 @@ kernel g serving the strided channels {g, g + C/groups, ...}. `LSConv` = BN(SKA(
 
 Parameter names follow the official code (`lkp.cv1..cv4`, `lkp.norm`, `bn`); the official Conv-BN
 pairs are `lkconv.layers.ConvBn` (`conv`, `bn`), so `timm.utils.reparameterize_model` fuses them.
+`deploy=True` builds that fused form directly (each Conv-BN one conv with bias), for fused checkpoints.
 """
 import torch
 import torch.nn as nn
@@ -24,7 +25,16 @@ class LargeKernelPerception(nn.Module):
     -> 1x1 conv with bias (C/2 -> sks^2 * C/groups) -> GroupNorm with one group per dynamic kernel.
     """
 
-    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, device=None, dtype=None):
+    def __init__(
+            self,
+            dim: int,
+            lks: int = 7,
+            sks: int = 3,
+            groups: int = 8,
+            deploy: bool = False,
+            device=None,
+            dtype=None,
+    ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         if dim % groups or dim % 2:
@@ -32,10 +42,14 @@ class LargeKernelPerception(nn.Module):
         hidden = dim // 2
         self.sks = sks
         self.num_kernels = dim // groups
-        self.cv1 = ConvBn(nn.Conv2d(dim, hidden, 1, bias=False, **dd), **dd)
+
+        def conv_bn(conv: nn.Conv2d) -> nn.Module:
+            return conv if deploy else ConvBn(conv, **dd)
+
+        self.cv1 = conv_bn(nn.Conv2d(dim, hidden, 1, bias=deploy, **dd))
         self.act1 = nn.ReLU()
-        self.cv2 = ConvBn(DepthwiseConv2d(hidden, lks, bias=False, **dd), **dd)
-        self.cv3 = ConvBn(nn.Conv2d(hidden, hidden, 1, bias=False, **dd), **dd)
+        self.cv2 = conv_bn(DepthwiseConv2d(hidden, lks, bias=deploy, **dd))
+        self.cv3 = conv_bn(nn.Conv2d(hidden, hidden, 1, bias=deploy, **dd))
         self.act2 = nn.ReLU()
         self.cv4 = nn.Conv2d(hidden, sks * sks * self.num_kernels, 1, **dd)
         # channel index of cv4's output is kernel * sks^2 + tap, so each group is exactly one kernel
@@ -52,10 +66,19 @@ class LargeKernelPerception(nn.Module):
 class LSConv(nn.Module):
     """LS convolution with its identity: BN(SKA(x, LKP(x))) + x. Keeps channels and resolution."""
 
-    def __init__(self, dim: int, lks: int = 7, sks: int = 3, groups: int = 8, device=None, dtype=None):
+    def __init__(
+            self,
+            dim: int,
+            lks: int = 7,
+            sks: int = 3,
+            groups: int = 8,
+            deploy: bool = False,
+            device=None,
+            dtype=None,
+    ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
-        self.lkp = LargeKernelPerception(dim, lks=lks, sks=sks, groups=groups, **dd)
+        self.lkp = LargeKernelPerception(dim, lks=lks, sks=sks, groups=groups, deploy=deploy, **dd)
         self.ska = SKA()
         self.bn = nn.BatchNorm2d(dim, **dd)
 

@@ -10,18 +10,22 @@ A family's model class derives from `StagedBackbone` and builds, in its construc
 and sets `num_classes`, `in_chans`, `drop_rate`, `num_features`, `head_hidden_size`, `min_input_size`.
 The base class provides forward_features / forward_head / forward, reset_classifier, grad checkpointing,
 forward_intermediates and prune_intermediate_layers, following timm's ConvNeXt.
+
+`create_backbone` is the one creation path of every family: it also checks, for pretrained weights, that the
+checkpoint's classifier size agrees with the pretrained cfg (`check_classifier_size`).
 """
-from typing import List, Optional, Tuple, Union
+from functools import partial
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, get_arch_pretrained_cfgs
 from timm.models._features import FeatureListNet, feature_take_indices
 
 from .._input import check_image_input
 
-__all__ = ['StagedBackbone', 'CheckedFeatureListNet', 'create_backbone']
+__all__ = ['StagedBackbone', 'CheckedFeatureListNet', 'ClassifierMismatchError', 'create_backbone']
 
 # torch.fx records the input check as one call instead of tracing its shape-dependent branches
 torch.fx.wrap('check_image_input')
@@ -143,12 +147,79 @@ class CheckedFeatureListNet(FeatureListNet):
         return super().forward(check_image_input(x, self.input_chans, self.min_input_size))
 
 
+class ClassifierMismatchError(ValueError, RuntimeError):
+    """Pretrained weights whose classifier size disagrees with the pretrained cfg.
+
+    Also a RuntimeError, as the size-mismatch error `load_state_dict` would otherwise raise, so callers that
+    catch failed loads see it too.
+    """
+
+
+def _classifier_source(cfg: Dict) -> Tuple[str, str]:
+    """(where the weights come from, the overlay that names them) for error messages."""
+    if cfg.get('file'):
+        return f"the file '{cfg['file']}'", f"file={str(cfg['file'])!r}, "
+    if cfg.get('hf_hub_id'):
+        filename = f", file '{cfg['hf_hub_filename']}'" if cfg.get('hf_hub_filename') else ''
+        return f"the Hugging Face hub repository '{cfg['hf_hub_id']}'{filename}", ''
+    return (f"'{cfg['url']}'" if cfg.get('url') else 'the pretrained weights'), ''
+
+
+def check_classifier_size(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Raise `ClassifierMismatchError` when timm would silently lose or fail on the checkpoint's classifier.
+
+    timm's `load_pretrained` trusts the pretrained cfg's `num_classes`: if the model's `num_classes` differs
+    from it, the classifier is dropped (and re-initialised); otherwise it is loaded strictly. A checkpoint
+    whose classifier has another size than the cfg says (e.g. an ImageNet-22k file passed with an
+    ImageNet-1k tag) would therefore either lose its head silently (model built for the file's size) or
+    fail with a bare size mismatch (model built for the cfg's size). A model whose size differs from both
+    gets a new head, which is what was asked for.
+    """
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    cfg_classes, classifiers = cfg.get('num_classes'), cfg.get('classifier')
+    if cfg_classes is None or cfg_classes < 0 or not classifiers:
+        return  # e.g. num_classes=-1: the caller asked for the classifier to be dropped
+    names = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    weight = next((state_dict[n + '.weight'] for n in names if n + '.weight' in state_dict), None)
+    if weight is None or weight.dim() == 0:
+        return
+    file_classes, model_classes = weight.shape[0] - cfg.get('label_offset', 0), getattr(model, 'num_classes', None)
+    if file_classes == cfg_classes or model_classes not in (file_classes, cfg_classes):
+        return
+    arch, tag = cfg.get('architecture') or type(model).__name__, cfg.get('tag')
+    name = f'{arch}.{tag}' if tag else arch
+    source, file_arg = _classifier_source(cfg)
+    tags = [t for t, c in get_arch_pretrained_cfgs(arch).items() if c.num_classes == file_classes and t != name]
+    use_tag = f", or use the tag whose cfg has that classifier, '{tags[0]}'" if tags else ''
+    overlay = f'pretrained_cfg_overlay=dict({file_arg}num_classes={file_classes})'
+    problem = (f'the pretrained weights of {arch} ({source}) have a {file_classes}-class classifier '
+               f"({names[0]}), but the pretrained cfg '{name}' says {cfg_classes} classes")
+    if model_classes == file_classes:
+        raise ClassifierMismatchError(
+            f'{problem}, so timm would discard that classifier and leave the {file_classes}-class head randomly '
+            f'initialised. Say how many classes the weights have: {overlay}{use_tag}.')
+    raise ClassifierMismatchError(
+        f'{problem} and the model is built with num_classes={model_classes}. To use the weights\' classifier pass '
+        f'num_classes={file_classes} and {overlay}{use_tag}; to start a new {model_classes}-class classifier from '
+        f'them pass num_classes={model_classes} and {overlay}.')
+
+
+def _checked_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module, filter_fn: Callable):
+    state_dict = filter_fn(state_dict, model)
+    check_classifier_size(state_dict, model)
+    return state_dict
+
+
 def create_backbone(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
     """`build_model_with_cfg` with the stage-level feature config every family uses.
 
     A `feature_cfg` given by the caller is merged over the default rather than colliding with it.
+    Pretrained weights go through `filter_fn`, then `check_classifier_size` (feature extractors have no
+    classifier, so timm drops it whatever its size).
     """
     feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True, feature_cls=CheckedFeatureListNet)
     feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
+    if pretrained and not kwargs.get('features_only', False):
+        filter_fn = partial(_checked_filter, filter_fn=filter_fn)
     return build_model_with_cfg(
         model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs)

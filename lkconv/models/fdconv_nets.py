@@ -33,14 +33,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models.resnet import Bottleneck, ResNet
 
 from .._input import check_image_input
 from ..layers import convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
 from . import inceptionnext, unireplknet
-from ._backbone import CheckedFeatureListNet, create_backbone
+from ._backbone import create_backbone
 from .inceptionnext import InceptionNeXt
 from .unireplknet import UniRepLKNet, UniRepLKNetMlp
 
@@ -58,7 +58,6 @@ class FDConvResNet(ResNet):
     `fdconv_args` are further `FDConv` options (e.g. dict(param_ratio=2)).
     """
     early_pool = False
-    min_input_size = 32
 
     def __init__(
             self,
@@ -80,6 +79,7 @@ class FDConvResNet(ResNet):
             global_pool=global_pool, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
             zero_init_last=zero_init_last, device=device, dtype=dtype)
         self.feature_info = self.feature_info[1:]  # the four stages
+        self.min_input_size = 32  # an instance attribute: TorchScript does not see class attributes
         convert_to_fdconv(
             self, include=('layer*.*.conv1', 'layer*.*.conv2', 'layer*.*.conv3'), kernel_num=kernel_num,
             fdconv_args=fdconv_args)
@@ -99,9 +99,11 @@ class FDConvResNet(ResNet):
         x = self._stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self._stages(), x, flatten=True)
-        for stage in self._stages():
-            x = stage(x)
-        return x
+        # the stages one by one: TorchScript cannot iterate a Python list of modules
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
 
     def forward_intermediates(
             self,
@@ -273,11 +275,10 @@ def checkpoint_filter_fn(
 
 
 def _create_fdconv_resnet(variant: str, pretrained: bool = False, **kwargs) -> FDConvResNet:
-    feature_cfg = dict(out_indices=(0, 1, 2, 3), feature_cls=CheckedFeatureListNet)
-    feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
-    return build_model_with_cfg(
-        FDConvResNet, variant, pretrained, feature_cfg=feature_cfg,
-        pretrained_filter_fn=partial(checkpoint_filter_fn, base_filter=_resnet_base_filter), **kwargs)
+    # the stages are timm's `layer1..4` Sequentials, which the feature wrapper must not flatten
+    feature_cfg = {'flatten_sequential': False, **(kwargs.pop('feature_cfg', None) or {})}
+    filter_fn = partial(checkpoint_filter_fn, base_filter=_resnet_base_filter)
+    return create_backbone(FDConvResNet, variant, pretrained, filter_fn, feature_cfg=feature_cfg, **kwargs)
 
 
 def _create_fdconv_unireplknet(variant: str, pretrained: bool = False, **kwargs) -> FDConvUniRepLKNet:

@@ -33,6 +33,11 @@ Differences from the official implementation, all deliberate:
   (stochastic depth on the FFN residual); both default to 0 as in the official recipe.
 * `timm.utils.reparameterize_model` fuses every Conv-BN, each RepVGG mixer into one 3x3 depthwise conv,
   and the head BatchNorms into their Linear layers. LS conv's output BN, LKP's `cv4`/GroupNorm and SE stay.
+  `deploy=True` builds that fused form directly; it loads the official fused checkpoints (the official
+  `fuse()` / `replace_batchnorm` output: `X.c` + `X.bn` -> `X`, a RepVGG `mixer` -> one conv, `head.bn` +
+  `head.l` -> `head`) strictly, and computes what the fused training form computes. In the deploy form the
+  first conv is `stem.0` (the cfg's `first_conv` names the training form's `stem.0.conv`), so timm cannot
+  adapt fused weights to another `in_chans`.
 """
 import re
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -62,16 +67,20 @@ def _conv_bn(
         stride: int = 1,
         depthwise: bool = False,
         bn_weight_init: float = 1.,
+        deploy: bool = False,
         device=None,
         dtype=None,
-) -> ConvBn:
-    """Bias-free conv ('same' padding) + BatchNorm; depthwise convs are `DepthwiseConv2d` (backend dispatch)."""
+) -> nn.Module:
+    """Bias-free conv ('same' padding) + BatchNorm (deploy: one conv with bias, the fused pair); depthwise
+    convs are `DepthwiseConv2d` (backend dispatch)."""
     dd = dict(device=device, dtype=dtype)
     if depthwise:
         assert in_chs == out_chs
-        conv = DepthwiseConv2d(in_chs, kernel_size, stride=stride, bias=False, **dd)
+        conv = DepthwiseConv2d(in_chs, kernel_size, stride=stride, bias=deploy, **dd)
     else:
-        conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=False, **dd)
+        conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=deploy, **dd)
+    if deploy:
+        return conv
     conv_bn = ConvBn(conv, **dd)
     nn.init.constant_(conv_bn.bn.weight, bn_weight_init)
     return conv_bn
@@ -110,11 +119,12 @@ class LSNetAttention(nn.Module):
             key_dim: int = 16,
             num_heads: int = 4,
             resolution: Union[int, Tuple[int, int]] = 4,
+            deploy: bool = False,
             device=None,
             dtype=None,
     ):
         super().__init__()
-        dd = dict(device=device, dtype=dtype)
+        dd = dict(device=device, dtype=dtype, deploy=deploy)
         if dim % num_heads:
             raise ValueError(f'attention dim {dim} must be divisible by num_heads={num_heads}')
         self.num_heads = num_heads
@@ -124,7 +134,7 @@ class LSNetAttention(nn.Module):
         qk_dim = num_heads * key_dim
         self.qkv = _conv_bn(dim, 2 * qk_dim + dim, **dd)
         self.dw = _conv_bn(qk_dim, qk_dim, 3, depthwise=True, **dd)
-        self.attention_bias = AttentionBias2d(num_heads, resolution, **dd)
+        self.attention_bias = AttentionBias2d(num_heads, resolution, device=device, dtype=dtype)
         self.act = nn.ReLU()
         self.proj = _conv_bn(dim, dim, bn_weight_init=0., **dd)
 
@@ -145,9 +155,9 @@ class LSNetAttention(nn.Module):
 class LSNetMlp(nn.Module):
     """1x1 Conv-BN -> ReLU -> 1x1 Conv-BN (its BN weight starts at 0, so each block starts as identity)."""
 
-    def __init__(self, dim: int, hidden_dim: int, device=None, dtype=None):
+    def __init__(self, dim: int, hidden_dim: int, deploy: bool = False, device=None, dtype=None):
         super().__init__()
-        dd = dict(device=device, dtype=dtype)
+        dd = dict(device=device, dtype=dtype, deploy=deploy)
         self.fc1 = _conv_bn(dim, hidden_dim, **dd)
         self.act = nn.ReLU()
         self.fc2 = _conv_bn(hidden_dim, dim, bn_weight_init=0., **dd)
@@ -171,6 +181,7 @@ class LSNetBlock(nn.Module):
             attn_resolution: Union[int, Tuple[int, int]] = 4,
             mlp_ratio: float = 2.,
             drop_path: float = 0.,
+            deploy: bool = False,
             device=None,
             dtype=None,
     ):
@@ -178,15 +189,17 @@ class LSNetBlock(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.se = nn.Identity()
         if mixer == 'repvgg':
-            self.mixer = RepVggDw(dim, **dd)
+            # deploy: the 3x3 + 1x1 + identity branches fused into one depthwise conv
+            self.mixer = DepthwiseConv2d(dim, 3, bias=True, **dd) if deploy else RepVggDw(dim, **dd)
             self.se = SEModule(dim, rd_channels=make_divisible(dim * 0.25, 8, round_limit=0.), **dd)
         elif mixer == 'ls':
-            self.mixer = LSConv(dim, **dd)
+            self.mixer = LSConv(dim, deploy=deploy, **dd)
         elif mixer == 'attn':
-            self.mixer = LSNetAttention(dim, key_dim=key_dim, num_heads=num_heads, resolution=attn_resolution, **dd)
+            self.mixer = LSNetAttention(
+                dim, key_dim=key_dim, num_heads=num_heads, resolution=attn_resolution, deploy=deploy, **dd)
         else:
             raise ValueError(f"LSNet mixer must be 'repvgg', 'ls' or 'attn', got '{mixer}'")
-        self.mlp = LSNetMlp(dim, int(dim * mlp_ratio), **dd)
+        self.mlp = LSNetMlp(dim, int(dim * mlp_ratio), deploy=deploy, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,6 +223,7 @@ class LSNetStage(nn.Module):
             attn_resolution: Union[int, Tuple[int, int]] = 4,
             mlp_ratio: float = 2.,
             drop_path_rates: Optional[Sequence[float]] = None,
+            deploy: bool = False,
             device=None,
             dtype=None,
     ):
@@ -218,8 +232,8 @@ class LSNetStage(nn.Module):
         self.grad_checkpointing = False
         if downsample:
             self.downsample = nn.Sequential(
-                _conv_bn(in_chs, in_chs, 3, stride=2, depthwise=True, **dd),
-                _conv_bn(in_chs, out_chs, **dd),
+                _conv_bn(in_chs, in_chs, 3, stride=2, depthwise=True, deploy=deploy, **dd),
+                _conv_bn(in_chs, out_chs, deploy=deploy, **dd),
             )
         else:
             assert in_chs == out_chs
@@ -228,7 +242,8 @@ class LSNetStage(nn.Module):
         self.blocks = nn.Sequential(*[
             LSNetBlock(
                 out_chs, mixer='repvgg' if i % 2 == 0 else odd_mixer, num_heads=num_heads, key_dim=key_dim,
-                attn_resolution=attn_resolution, mlp_ratio=mlp_ratio, drop_path=drop_path_rates[i], **dd)
+                attn_resolution=attn_resolution, mlp_ratio=mlp_ratio, drop_path=drop_path_rates[i], deploy=deploy,
+                **dd)
             for i in range(depth)
         ])
 
@@ -244,13 +259,13 @@ class BnLinearHead(NormMlpClassifierHead):
 
     The BatchNorm is a `BatchNorm2d` on the pooled (B, C, 1, 1) map: the same function and state_dict as
     the official BatchNorm1d on (B, C), and it also works unpooled (`global_pool=''`).
-    `reparameterize()` folds the BatchNorm into the classifier.
+    `reparameterize()` folds the BatchNorm into the classifier; `deploy=True` builds the folded head.
     """
 
     def __init__(self, in_features: int, num_classes: int, pool_type: str = 'avg', drop_rate: float = 0.,
-                 device=None, dtype=None):
+                 deploy: bool = False, device=None, dtype=None):
         super().__init__(in_features, num_classes, pool_type=pool_type, drop_rate=drop_rate,
-                         norm_layer=nn.BatchNorm2d, device=device, dtype=dtype)
+                         norm_layer=nn.Identity if deploy else nn.BatchNorm2d, device=device, dtype=dtype)
 
     @torch.no_grad()
     def reparameterize(self) -> None:
@@ -272,6 +287,8 @@ class LSNet(StagedBackbone):
 
     `img_size` only sets the token grid the stage-4 attention bias table is built for; any input size runs.
     `distillation=True` adds the `head_dist` classifier of the distilled (DeiT-style) models.
+    `deploy=True` builds the re-parameterised form directly (for loading fused checkpoints);
+    `timm.utils.reparameterize_model` turns a trained model into it.
     """
 
     def __init__(
@@ -289,6 +306,7 @@ class LSNet(StagedBackbone):
             distillation: bool = False,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            deploy: bool = False,
             device=None,
             dtype=None,
     ):
@@ -303,14 +321,15 @@ class LSNet(StagedBackbone):
         self.min_input_size = 32
         self.distillation = distillation
         self.distilled_training = False
+        self.deploy = deploy
 
         c0 = embed_dims[0]
         self.stem = nn.Sequential(
-            _conv_bn(in_chans, c0 // 4, 3, stride=2, **dd),
+            _conv_bn(in_chans, c0 // 4, 3, stride=2, deploy=deploy, **dd),
             nn.ReLU(),
-            _conv_bn(c0 // 4, c0 // 2, 3, stride=2, **dd),
+            _conv_bn(c0 // 4, c0 // 2, 3, stride=2, deploy=deploy, **dd),
             nn.ReLU(),
-            _conv_bn(c0 // 2, c0, 3, stride=2, **dd),
+            _conv_bn(c0 // 2, c0, 3, stride=2, deploy=deploy, **dd),
         )
         grid = [_down(_down(_down(s))) for s in to_2tuple(img_size)]  # token grid after the stride-8 stem
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
@@ -323,17 +342,18 @@ class LSNet(StagedBackbone):
             stages.append(LSNetStage(
                 embed_dims[i - 1] if i > 0 else dim, dim, depth, odd_mixer=mixer, downsample=i > 0,
                 num_heads=num_heads, key_dim=key_dim, attn_resolution=tuple(grid), mlp_ratio=mlp_ratio,
-                drop_path_rates=dp_rates[i], **dd,
+                drop_path_rates=dp_rates[i], deploy=deploy, **dd,
             ))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.num_features = self.head_hidden_size = embed_dims[-1]
         self.norm_pre = nn.Identity()
-        self.head = BnLinearHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head = BnLinearHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, deploy=deploy, **dd)
         self.head_dist: Optional[BnLinearHead] = None
         if distillation and num_classes > 0:
             self.head_dist = BnLinearHead(
-                self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+                self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, deploy=deploy, **dd)
         for head in (self.head, self.head_dist):
             if head is not None:
                 _init_classifier(head)
@@ -395,17 +415,20 @@ _BLOCK_KEY_MAP = (
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map an official LSNet checkpoint (bare, or under `model`/`state_dict`) onto this implementation's keys.
+    """Map an official LSNet checkpoint (bare, or under `model`/`state_dict`; training or fused form) onto
+    this implementation's keys.
 
     The computed `attention_bias_idxs` buffers are dropped; bias tables built for another token grid are
-    resized bicubically on their offset grid to the model's.
+    resized bicubically on their offset grid to the model's. A checkpoint whose form (fused or not) differs
+    from the model's raises ValueError naming the `deploy` setting that fits it.
     """
     for wrapper in ('model', 'state_dict'):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    if 'stem.0.conv.weight' not in state_dict:
+    if any(k.startswith(('patch_embed.', 'blocks')) for k in state_dict):
         state_dict = _map_official_keys(state_dict)
+    _check_form(state_dict, model)
     model_sd = model.state_dict()
     for key, value in state_dict.items():
         if key.endswith('attention_biases') and key in model_sd and value.shape != model_sd[key].shape:
@@ -423,6 +446,7 @@ def _map_official_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
         key = re.sub(r'^patch_embed\.', 'stem.', key)
         key = re.sub(r'^(head|head_dist)\.bn\.', r'\1.norm.', key)
         key = re.sub(r'^(head|head_dist)\.l\.', r'\1.fc.', key)
+        key = re.sub(r'^(head|head_dist)\.(weight|bias)$', r'\1.fc.\2', key)  # fused BN_Linear
         block = re.match(r'^blocks(\d+)\.(\d+)\.', key)
         if block:
             stage, idx, rest = int(block[1]) - 1, int(block[2]), key[block.end():]
@@ -434,6 +458,23 @@ def _map_official_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.T
                 key = f'stages.{stage}.blocks.{idx - 2 if stage > 0 else idx}.{rest}'
         out[key] = value
     return out
+
+
+def _check_form(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
+    fused = 'stem.0.weight' in state_dict  # the first Conv-BN as one conv
+    if 'stem.0.conv.weight' not in state_dict and not fused:
+        return  # no stem: not a whole-model checkpoint, leave the verdict to strict loading
+    deploy = getattr(model, 'deploy', False)
+    name = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or 'lsnet_t'
+    if fused and not deploy:
+        raise ValueError(
+            'this LSNet checkpoint is in the fused (deploy) form: each Conv-BN pair is one conv with a bias. '
+            f"Create the model in that form with deploy=True, e.g. timm.create_model('{name}', deploy=True, "
+            'pretrained=True, pretrained_cfg_overlay=dict(file=...))')
+    if deploy and not fused:
+        raise ValueError(
+            'this LSNet checkpoint is in the training (unfused) form, but the model was created with deploy=True. '
+            'Create it without deploy=True, load the checkpoint, then fuse with timm.utils.reparameterize_model')
 
 
 def _resize_bias_table(table: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:

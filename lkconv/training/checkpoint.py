@@ -8,18 +8,22 @@ its `state_dict` / `state_dict_ema` keys are the ones timm's own loaders read.
 import os
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
+from .run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT
+
 __all__ = [
-    'CHECKPOINT_VERSION', 'CheckpointError', 'atomic_copy', 'atomic_write', 'atomic_write_text', 'load_checkpoint',
-    'make_checkpoint', 'remove_temp_files', 'restore_checkpoint', 'save_checkpoint',
+    'CHECKPOINT_VERSION', 'CheckpointError', 'LABEL_NAMES', 'atomic_copy', 'atomic_write', 'atomic_write_text',
+    'check_resumable', 'load_checkpoint', 'make_checkpoint', 'remove_temp_files', 'restore_checkpoint',
+    'save_checkpoint',
 ]
 
 CHECKPOINT_VERSION = 1
+LABEL_NAMES = 'label_names'  # the training set's class names, one per output; timm's pretrained-cfg name
 _TEMP_MARK = '.tmp-'
 PathLike = Union[str, Path]
 
@@ -85,10 +89,38 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint '{path}' cannot be read (corrupt or not a checkpoint): {e}") from e
+        best = path.with_name(BEST_CHECKPOINT)
+        hint = f"; '{best}' beside it may be intact" if path.name == LAST_CHECKPOINT and best.is_file() else ''
+        raise CheckpointError(f"checkpoint '{path}' cannot be read: {_unreadable_reason(path, e)}{hint}") from e
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict")
     return checkpoint
+
+
+def _unreadable_reason(path: Path, error: Exception) -> str:
+    """What a file that torch.load refused is, in a few words."""
+    with open(path, 'rb') as f:
+        head = f.read(256)
+    first_sentence = str(error).strip().split('. ')[0].splitlines()[0] if str(error).strip() else type(error).__name__
+    if not head:
+        return 'the file is empty'
+    if head.startswith(b'PK'):  # torch.save's zip format
+        return f'it is truncated or damaged ({first_sentence})'
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and '\0' not in text:
+        return f"it is a text file, not a PyTorch checkpoint (it begins {text.strip()[:40]!r})"
+    return f'not a PyTorch checkpoint ({first_sentence})'
+
+
+def check_resumable(checkpoint: Dict[str, Any], path: PathLike) -> None:
+    """Raise CheckpointError unless `checkpoint` is a training checkpoint written by `make_checkpoint`."""
+    missing = [k for k in ('state_dict', 'optimizer', 'epoch', 'config') if k not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint '{path}' lacks {', '.join(missing)}: not a training checkpoint of "
+                              f"`lkconv train`, so there is nothing to resume")
 
 
 def make_checkpoint(
@@ -105,8 +137,9 @@ def make_checkpoint(
         scheduler=None,
         loss_scaler=None,
         model_ema: Optional[nn.Module] = None,
+        label_names: Optional[List[str]] = None,
 ) -> Dict[str, Any]:
-    """The state after `epoch` completed epochs."""
+    """The state after `epoch` completed epochs; `label_names`: the training set's class names by output."""
     model = unwrap_model(model)
     state = {
         'version': CHECKPOINT_VERSION,
@@ -127,6 +160,8 @@ def make_checkpoint(
         state[loss_scaler.state_dict_key] = loss_scaler.state_dict()
     if model_ema is not None:
         state['state_dict_ema'] = unwrap_model(model_ema).state_dict()
+    if label_names is not None:
+        state[LABEL_NAMES] = list(label_names)
     return state
 
 
@@ -138,12 +173,9 @@ def restore_checkpoint(
         loss_scaler=None,
         model_ema: Optional[nn.Module] = None,
 ) -> None:
-    """Load a `make_checkpoint` state into freshly built training objects (strictly)."""
-    missing = [k for k in ('state_dict', 'optimizer', 'epoch') if k not in checkpoint]
+    """Load a `make_checkpoint` state (see `check_resumable`) into freshly built training objects (strictly)."""
     if model_ema is not None and 'state_dict_ema' not in checkpoint:
-        missing.append('state_dict_ema')
-    if missing:
-        raise CheckpointError(f'checkpoint lacks {", ".join(missing)}: not a resumable training checkpoint')
+        raise CheckpointError('checkpoint lacks state_dict_ema: its run trained without EMA')
     try:
         unwrap_model(model).load_state_dict(checkpoint['state_dict'])
         if model_ema is not None:

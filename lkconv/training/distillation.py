@@ -7,6 +7,7 @@ divergence at temperature tau. The loss is (1 - alpha) * label loss + alpha * di
 student with a single head uses its one output for both. The teacher (timm's `DistillationTeacher`)
 sees the student's input re-normalised to its own mean and std.
 """
+from contextlib import nullcontext
 from typing import Optional, Tuple, Union
 
 import torch
@@ -14,14 +15,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.task.distillation import DistillationTeacher
 
+from ..pretrained import explain_download_failure
+
 __all__ = ['DistillationLoss', 'create_teacher']
 
 
 def create_teacher(name: str, num_classes: int, in_chans: int, weights_path: Optional[str],
                    device: torch.device) -> DistillationTeacher:
     """The frozen teacher in eval mode: `name` with its pretrained weights, or those of `weights_path`."""
-    teacher = DistillationTeacher(name, num_classes=num_classes, in_chans=in_chans, pretrained_path=weights_path,
-                                  device=device)
+    with explain_download_failure(name) if weights_path is None else nullcontext():
+        teacher = DistillationTeacher(name, num_classes=num_classes, in_chans=in_chans,
+                                      pretrained_path=weights_path, device=device)
     teacher.requires_grad_(False)
     return teacher.eval()
 

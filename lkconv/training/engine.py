@@ -25,7 +25,7 @@ __all__ = ['EpochResult', 'evaluate', 'mean_lr', 'train_one_epoch']
 
 @dataclass
 class EpochResult:
-    loss: float  # mean training loss over all processes
+    loss: float  # mean training loss over the images of all processes
     img_per_sec: float  # images of all processes per second
     num_updates: int  # optimizer updates so far in the run
     lr: float
@@ -68,9 +68,16 @@ def train_one_epoch(
     steps = len(loader)
     stop = min(epochs, train.stop_epoch or epochs)
     meter = ProgressMeter(epoch, epochs, steps, epochs_after=stop - epoch)
-    clip_params = model_parameters(model, exclude_head='agc' in optim.clip_mode)
-    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)
+    # a list: timm gives a generator (without exclude_head), which would clip only the first update
+    clip_params = list(model_parameters(model, exclude_head='agc' in optim.clip_mode))
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float64)  # this process's, weighted by images
     samples = 0
+
+    def running_mean() -> float:
+        """The mean loss so far over the images of all processes (a collective: every process calls it)."""
+        loss_total, images = ctx.sum(torch.stack([loss_sum, loss_sum.new_tensor(samples)])).tolist()
+        return loss_total / max(images, 1)
+
     optimizer.zero_grad(set_to_none=True)
     for step, (x, target) in enumerate(loader):
         need_update = (step + 1) % accum == 0 or step + 1 == steps
@@ -105,14 +112,14 @@ def train_one_epoch(
         samples += x.size(0)
         meter.step(x.size(0) * ctx.world_size)
         if (step + 1) % config.output.log_interval == 0 or step + 1 == steps:
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f'training loss is {loss.item()} at epoch {epoch}, step {step + 1}: '
+            average = running_mean()  # what summary.csv records at the epoch's end
+            if not math.isfinite(average):  # a non-finite loss on any process stops every process
+                raise FloatingPointError(f'training loss is {average} at epoch {epoch}, step {step + 1}: '
                                          f'lower the learning rate or check the data')
-            logger.info(meter.line(loss.item(), loss_sum.item() / samples, mean_lr(optimizer)))
+            logger.info(meter.line(loss.item(), average, mean_lr(optimizer)))
     if ctx.device.type == 'cuda':
         torch.cuda.synchronize(ctx.device)
-    mean_loss = ctx.mean(loss_sum / max(samples, 1)).item()
-    return EpochResult(loss=mean_loss, img_per_sec=meter.img_per_sec, num_updates=num_updates,
+    return EpochResult(loss=running_mean(), img_per_sec=meter.img_per_sec, num_updates=num_updates,
                        lr=mean_lr(optimizer))
 
 
@@ -144,7 +151,7 @@ def evaluate(model: nn.Module, loader, ctx: DistributedContext, autocast: Callab
             logger.info(f'eval [{step + 1}/{steps}] top-1 {totals[1].item() / seen * 100:.2f} '
                         f'top-5 {totals[2].item() / seen * 100:.2f}  '
                         f'{seen * ctx.world_size / (time.perf_counter() - start):.1f} img/s')
-    totals = ctx.mean(totals) * ctx.world_size
+    totals = ctx.sum(totals)
     count = max(totals[3].item(), 1.0)
     return dict(loss=totals[0].item() / count, top1=totals[1].item() / count * 100,
                 top5=totals[2].item() / count * 100)

@@ -1,18 +1,24 @@
 """Progress output of a run: the log (console and `train.log`, rank 0 only) and progress lines with
-running loss, learning rate, throughput and time left."""
+running loss, learning rate, throughput and time left.
+
+The log file is attached only once the run has started (`start_log_file`): what was logged before is kept
+in memory and written then, so that a command that fails before it starts leaves no file behind.
+"""
 import logging
+import logging.handlers
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-__all__ = ['ProgressMeter', 'close_run_logger', 'format_duration', 'open_run_logger']
+__all__ = ['ProgressMeter', 'close_run_logger', 'format_duration', 'log_to_file', 'open_run_logger',
+           'start_log_file']
 
 _LOGGER_NAME = 'lkconv.train'
 
 
-def open_run_logger(log_file: Optional[Path], primary: bool) -> logging.Logger:
-    """The run's logger: INFO to stdout and `log_file` on the primary process; warnings only elsewhere."""
+def open_run_logger(primary: bool) -> logging.Logger:
+    """The run's logger: INFO to stdout (and, from `start_log_file` on, to the log file) on the primary
+    process; warnings only elsewhere."""
     logger = logging.getLogger(_LOGGER_NAME)
     close_run_logger(logger)
     logger.setLevel(logging.INFO if primary else logging.WARNING)
@@ -20,11 +26,32 @@ def open_run_logger(log_file: Optional[Path], primary: bool) -> logging.Logger:
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter('%(asctime)s %(message)s', datefmt='%H:%M:%S'))
     logger.addHandler(console)
-    if primary and log_file is not None:
-        file = logging.FileHandler(log_file, encoding='utf-8')
-        file.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%Y-%m-%d %H:%M:%S'))
-        logger.addHandler(file)
+    if primary:  # holds the records until the log file exists; dropped if the run never starts
+        logger.addHandler(logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1,
+                                                         flushOnClose=False))
     return logger
+
+
+def start_log_file(logger: logging.Logger, log_file: Path) -> None:
+    """Log to `log_file` (appending) from now on, starting with what was logged so far."""
+    file = logging.FileHandler(log_file, encoding='utf-8')
+    file.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%Y-%m-%d %H:%M:%S'))
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.handlers.MemoryHandler):
+            handler.setTarget(file)
+            handler.flush()
+            logger.removeHandler(handler)
+            handler.close()
+    logger.addHandler(file)
+
+
+def log_to_file(logger: logging.Logger, level: int, message: str, exc_info: bool = False) -> None:
+    """`message` in the log file only: the command itself shows the error on the console."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, None,
+                               sys.exc_info() if exc_info else None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def close_run_logger(logger: logging.Logger) -> None:
@@ -42,7 +69,8 @@ class ProgressMeter:
     """Timing of one training epoch; `line()` renders a progress line.
 
     Throughput counts the images of all processes; the time left covers this epoch and, at this
-    epoch's pace, the `epochs_after` still to come.
+    epoch's pace, the `epochs_after` still to come. A line shows the latest batch's loss (of this
+    process) and the epoch's running average (of all processes).
     """
 
     def __init__(self, epoch: int, epochs: int, steps: int, epochs_after: int):
