@@ -36,8 +36,9 @@ def explain_download_failure(name: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:  # hub and URL downloads fail as OSError subclasses (no network, 404, missing cache)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        reason = text.splitlines()[0].split('. ')[0] if text else type(e).__name__  # its first sentence
         raise WeightsUnavailable(
-            f'cannot load the pretrained weights of {name} from {weights_source(name)} ({reason[:160]}); '
+            f'cannot load the pretrained weights of {name} from {weights_source(name)} ({reason}); '
             f'offline, download the file elsewhere and pass it: --checkpoint FILE, or in Python '
             f'timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file=FILE))') from None
