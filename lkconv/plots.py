@@ -124,6 +124,14 @@ def _spread(row: Dict, key: str, meta: Dict) -> Optional[Tuple[float, float]]:
     return batch / (median + iqr / 2) * 1e3, batch / fast * 1e3
 
 
+def _error_extent(value: float, spread: Optional[Tuple[float, float]]) -> Tuple[float, float]:
+    """(below, above) `value` for an error bar; the reported value and the interval are rounded
+    separately, so a zero spread may put the value a hair outside it: never a negative extent."""
+    if spread is None:
+        return 0.0, 0.0
+    return max(value - spread[0], 0.0), max(spread[1] - value, 0.0)
+
+
 def _family(row: Dict) -> str:
     return row['model'].split('_')[0] if row.get('source') == 'lkconv' else 'timm reference'
 
@@ -136,7 +144,7 @@ def _scatter(fig, ax, rows: List[Dict], meta: Dict, x: str, y: str, log_y: bool)
     for key in (x, y):
         spreads = [_spread(r, key, meta) for r in rows]
         if any(spreads):
-            errors[key] = [(r[key] - s[0], s[1] - r[key]) if s else (0.0, 0.0) for r, s in zip(rows, spreads)]
+            errors[key] = [_error_extent(r[key], s) for r, s in zip(rows, spreads)]
             bounds[key] += [v for s in spreads if s for v in s]
     families = sorted({_family(r) for r in rows}, key=lambda f: (f == 'timm reference', f))
     for i, family in enumerate(families):
@@ -323,7 +331,7 @@ def throughput_bars_figure(rows: Sequence[Dict], title: str):
             err = None
             if any(spreads):
                 bars = True
-                err = np.array([(v - s[0], s[1] - v) if s else (0.0, 0.0) for v, s in zip(values, spreads)]).T
+                err = np.array([_error_extent(v, s) for v, s in zip(values, spreads)]).T
             label = f"{mode.split(' ')[0]}, kernels {'on' if kernels == 'triton' else 'off'}"
             ax.bar([x + i * width for x in xs], values, width, label=label, color=f'C{i}', yerr=err, capsize=2,
                    error_kw=dict(elinewidth=0.8))

@@ -14,7 +14,7 @@ from matplotlib.text import Text
 
 from lkconv.plots import (
     SPREAD_NOTE, accuracy_figure, erf_figure, kernel_speedups_figure, plot_erf, plot_kernel_speedups,
-    plot_throughput_bars, save_benchmark_plots, speed_figure, throughput_bars_figure,
+    plot_speed, plot_throughput_bars, save_benchmark_plots, speed_figure, throughput_bars_figure,
 )
 
 META = dict(settings=dict(device='cuda', precision='amp_bf16', batch_size=256, channels_last=True, compile=False),
@@ -290,3 +290,15 @@ def test_throughput_bars_have_error_bars(tmp_path):
     assert_one_font_size_per_role(fig)
     assert_titles_name_the_run(fig, 'NVIDIA H200', 'amp_bf16', 'batch 128', SPREAD_NOTE)
     plot_throughput_bars(rows, tmp_path / 'throughput.png', title)
+
+
+def test_a_single_timed_step_draws_without_negative_error_bars(tmp_path):
+    """One timed step (IQR 0), samples/s and step time rounded separately as the benchmark writes them:
+    the value can sit a hair outside its zero-width interval, which must not become a negative error bar."""
+    row = dict(model='unireplknet_a', source='lkconv', compile='eager', kernels='torch', train_batch_size=2,
+               train_step_time=70.123, train_step_time_iqr=0.0, train_samples_per_sec=28.52,
+               infer_batch_size=2, infer_step_time=7.001, infer_step_time_iqr=0.0, infer_samples_per_sec=285.68,
+               infer_gmacs=0.642, param_count=4.4)
+    assert 2 / 70.123e-3 > 28.52 and 2 / 7.001e-3 < 285.68  # both directions of rounding
+    assert plot_throughput_bars([row], tmp_path / 'throughput.png', 'cpu, amp_bf16, batch 2, channels_last')
+    assert plot_speed([row], dict(settings=dict(batch_size=2)), tmp_path / 'speed.png')
