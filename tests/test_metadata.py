@@ -18,22 +18,16 @@ from lkconv.onnx_export import export_onnx, onnx_metadata, read_onnx_metadata
 from lkconv.train import train
 from lkconv.validate import ValidateOptions, load_eval_model
 from test_contract import SMALLEST_PER_FAMILY
-from test_train import toy_overrides, write_toy_imagefolder
+from test_train import TINY_UNIREPLKNET, toy_overrides, write_toy_imagefolder
+
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 # preprocessing unlike any model default, so that a test cannot pass on the model's own cfg
 DATA_CONFIG = dict(input_size=(3, 48, 48), interpolation='bilinear', mean=(0.25, 0.5, 0.75), std=(0.1, 0.2, 0.3),
                    crop_pct=0.8, crop_mode='squash')
 LABELS = ['cat', 'dog', 'fox']
-TINY_UNIREPLKNET = ['model.name=unireplknet_a', 'model.kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1], '
-                                                'kernel_sizes: [[3], [13], [13], [13]]}']
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_train.py
-    yield
-    torch.set_num_threads(threads)
 
 
 def hub_export_command(argv):

@@ -26,8 +26,12 @@ from lkconv.training.checkpoint import CheckpointError, load_checkpoint, save_ch
 from lkconv.training.distillation import DistillationLoss
 from lkconv.training.summary import SUMMARY_COLUMNS
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_INCEPTIONNEXT = ['model.name=inceptionnext_atto', 'model.kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}']
+TINY_UNIREPLKNET = ['model.name=unireplknet_a', 'model.kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1], '
+                                                'kernel_sizes: [[3], [13], [13], [13]]}']
 
 
 def write_toy_imagefolder(root: Path, per_class: int = 12, val_per_class: int = 4, size: int = 32) -> Path:
@@ -58,13 +62,6 @@ def read_summary(run_dir: Path):
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # one intra-op thread: on a shared 2-core machine OpenMP's spinning threads slow small ops down 10x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')

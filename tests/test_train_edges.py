@@ -26,16 +26,12 @@ from lkconv.config import load_config
 from lkconv.validate import ValidateOptions, load_eval_model
 from test_train import TINY_INCEPTIONNEXT, read_summary, toy_overrides, write_toy_imagefolder
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'digits_inceptionnext_atto.yaml'
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_train.py
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')

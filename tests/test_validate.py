@@ -12,18 +12,12 @@ from lkconv.cli import main
 from lkconv.config import load_config
 from lkconv.train import train
 from lkconv.validate import ValidateOptions, validate
-from test_train import read_summary, toy_overrides, write_toy_imagefolder
+from test_train import TINY_UNIREPLKNET, read_summary, toy_overrides, write_toy_imagefolder
 
-TINY_UNIREPLKNET = ['model.name=unireplknet_a', 'model.kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1], '
-                                                'kernel_sizes: [[3], [13], [13], [13]]}']
+pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_train.py
-    yield
-    torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope='module')
