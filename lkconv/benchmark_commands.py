@@ -37,18 +37,11 @@ class _Progress:
 
 def _device(name: Optional[str], command: str) -> str:
     """`name` (default: cuda if a GPU is visible, else cpu), checked to exist before any work."""
-    import torch
-    if name is None:
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SystemExit(f"lkconv {command}: unknown device '{name}'; use cpu, cuda or cuda:N") from None
-    if device.type == 'cuda' and (device.index or 0) >= torch.cuda.device_count():
-        visible = torch.cuda.device_count()
-        raise SystemExit(f'lkconv {command}: --device {name}: {visible or "no"} CUDA GPU{"s" * (visible != 1)} '
-                         f'visible; use --device cpu' + (f' or cuda:0..{visible - 1}' if visible else ''))
-    return name
+    from .training.distributed import device_problem, resolve_device_name  # the check `lkconv train` makes
+    problem = device_problem(name or 'auto')
+    if problem:
+        raise SystemExit(f'lkconv {command}: --device: {problem}')
+    return resolve_device_name(name or 'auto')
 
 
 def _read_top1(path: str) -> Dict[str, float]:

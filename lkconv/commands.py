@@ -2,7 +2,6 @@
 
 torch, timm and the models are imported inside the command functions: see `lkconv.cli`.
 """
-from contextlib import nullcontext
 from typing import Any, Dict, Optional, Tuple
 
 from .cli_args import positive_int
@@ -22,19 +21,15 @@ def load_model(args, command: str, name: Optional[str], reparam: bool) -> Tuple[
     (an lkconv training or deploy checkpoint, which also gives the architecture, or an official / timm file),
     --pretrained, or neither (random init). Reads `args.checkpoint`, `pretrained`, `num_classes`, `use_ema`
     and `img_size`; exits with one line on a bad checkpoint or a failed download."""
-    from .pretrained import WeightsUnavailable, explain_download_failure
     from .training.checkpoint import CheckpointError
     from .validate import ValidateOptions, load_eval_model
     options = ValidateOptions(
         model=name, checkpoint=args.checkpoint, pretrained=args.pretrained,
         random_init=not (args.checkpoint or args.pretrained), num_classes=args.num_classes, use_ema=args.use_ema,
         img_size=args.img_size, reparam=reparam)
-    # only a download is explained as one: a missing --checkpoint file is an OSError too
-    downloading = explain_download_failure(name) if args.pretrained and not args.checkpoint else nullcontext()
     try:
-        with downloading:
-            return load_eval_model(options)
-    except (CheckpointError, ValueError, WeightsUnavailable) as e:
+        return load_eval_model(options)  # a failed download comes out as a one-line CheckpointError
+    except (CheckpointError, ValueError) as e:
         raise SystemExit(f'lkconv {command}: {e}') from None
 
 

@@ -174,13 +174,13 @@ def test_erf_usage_mistakes(capsys, monkeypatch, tmp_path):
 def test_bench_device_and_accuracy_file_mistakes(capsys, monkeypatch, tmp_path):
     _no_work(monkeypatch)
     assert _fails(['bench', 'van_b0', '--device', 'gpu'], capsys) == (
-        "lkconv bench: unknown device 'gpu'; use cpu, cuda or cuda:N")
+        "lkconv bench: --device: unknown device 'gpu'; use auto, cpu, cuda or cuda:N")
     missing = tmp_path / 'top1.csv'
     assert _fails(['bench', 'van_b0', '--top1-csv', str(missing)], capsys) == (
         f"lkconv bench: cannot read --top1-csv '{missing}': No such file or directory")
     if not torch.cuda.is_available():
         assert _fails(['bench', 'van_b0', '--device', 'cuda'], capsys) == (
-            'lkconv bench: --device cuda: no CUDA GPUs visible; use --device cpu')
+            "lkconv bench: --device: 'cuda', but this machine has no CUDA device; use cpu or auto")
 
 
 def test_erf_reads_the_model_from_a_checkpoint_and_writes_its_own_folder(capsys, monkeypatch, tmp_path):
