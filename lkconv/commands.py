@@ -34,17 +34,13 @@ def load_model(args, command: str, name: Optional[str], reparam: bool) -> Tuple[
 
 
 def cmd_list(args) -> None:
-    import timm
-    from .names import resolve_models
+    from .names import pretrained_names, resolve_models
     try:
         names = [spec.name for spec in resolve_models(args.patterns or ['all'])]
     except ValueError as e:
         raise SystemExit(f'lkconv list: {e}') from None
     if args.pretrained:  # each model's published weights, by tagged name
-        tags = {}
-        for tagged in timm.list_pretrained():
-            tags.setdefault(tagged.split('.')[0], []).append(tagged)
-        names = [t for name in names for t in tags.get(name.split('.')[0], []) if '.' not in name or t == name]
+        names = pretrained_names(names)
         if not names:
             raise SystemExit(f"lkconv list: no published weights for {' '.join(args.patterns or ['all'])}")
     for name in names:

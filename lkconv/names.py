@@ -2,17 +2,17 @@
 and 'all', resolved against timm's registry, with close matches for a name that is not there.
 
 Every command that takes a model name goes through here, so a misspelling gets the same answer everywhere.
+Names within the lkconv zoo are answered from `lkconv.zoo`, without importing timm (seconds), so that
+`lkconv list` is quick; timm is imported for the first name that leaves the zoo.
 """
 import difflib
 import fnmatch
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence
 
-import timm
+from . import zoo
 
-from .models import list_models
-
-__all__ = ['did_you_mean', 'check_model_name', 'ModelSpec', 'resolve_models']
+__all__ = ['did_you_mean', 'check_model_name', 'ModelSpec', 'resolve_models', 'pretrained_names']
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -24,6 +24,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 def _is_known(name: str) -> bool:
     """A registered model, and if `name` has a pretrained tag, one of that model's tags."""
+    import timm
     base, _, tag = name.partition('.')
     if not timm.is_model(base):
         return False
@@ -37,6 +38,7 @@ def _is_known(name: str) -> bool:
 
 def _candidates(name: str) -> List[str]:
     """What an unknown `name` is compared with: its model's tagged names if the model exists, else every model."""
+    import timm
     base = name.partition('.')[0]
     return timm.list_models(base, include_tags=True) if timm.is_model(base) else timm.list_models()
 
@@ -54,6 +56,26 @@ class ModelSpec:
     source: str  # 'lkconv' or 'timm'
 
 
+def _in_zoo(pattern: str) -> List[str]:
+    """What `pattern` names within the lkconv zoo, or [] if it names nothing there."""
+    models = zoo.list_models()
+    if pattern == 'all':
+        return models
+    if any(c in pattern for c in '*?['):
+        return fnmatch.filter(models, pattern)
+    if pattern in models or pattern in zoo.pretrained_names(pattern.partition('.')[0]):
+        return [pattern]
+    return list(zoo.family_models(pattern)) if pattern in zoo.FAMILIES else []
+
+
+def _in_timm(pattern: str) -> List[str]:
+    """What `pattern` names in timm's whole registry (lkconv's models included), or []."""
+    import timm
+    if any(c in pattern for c in '*?['):
+        return timm.list_models(pattern, include_tags='.' in pattern)
+    return [pattern] if _is_known(pattern) else timm.list_models(module=pattern)
+
+
 def resolve_models(patterns: Sequence[str]) -> List[ModelSpec]:
     """Model specs for names, wildcards, families and 'all', in order, without duplicates.
 
@@ -61,19 +83,27 @@ def resolve_models(patterns: Sequence[str]) -> List[ModelSpec]:
     against timm), an exact timm name (lkconv or timm, tag allowed), or a family (a timm model module
     such as `unireplknet` or `convnext`). Raises ValueError naming close matches otherwise.
     """
-    zoo = list_models()
     names: List[str] = []
     for pattern in patterns:
-        if pattern == 'all':
-            found = zoo
-        elif any(c in pattern for c in '*?['):
-            found = fnmatch.filter(zoo, pattern) or timm.list_models(pattern, include_tags='.' in pattern)
-        elif _is_known(pattern):
-            found = [pattern]
-        else:
-            found = timm.list_models(module=pattern)
+        found = _in_zoo(pattern) or _in_timm(pattern)
         if not found:
+            import timm
             hint = did_you_mean(pattern, _candidates(pattern) + sorted(timm.list_modules()))
             raise ValueError(f"no model matches '{pattern}'{hint}")
         names += [n for n in found if n not in names]
-    return [ModelSpec(n, 'lkconv' if n.split('.')[0] in zoo else 'timm') for n in names]
+    zoo_models = set(zoo.list_models())
+    return [ModelSpec(n, 'lkconv' if n.split('.')[0] in zoo_models else 'timm') for n in names]
+
+
+def pretrained_names(names: Sequence[str]) -> List[str]:
+    """The published weights of `names` as tagged names: every tag of an untagged name, a tagged name
+    itself if it has weights. The zoo's are read without importing timm."""
+    zoo_models = set(zoo.list_models())
+
+    def weights(model: str) -> Sequence[str]:
+        if model in zoo_models:
+            return zoo.pretrained_names(model)
+        import timm
+        return timm.list_pretrained(f'{model}.*')
+
+    return [t for name in names for t in weights(name.partition('.')[0]) if '.' not in name or t == name]
