@@ -66,5 +66,5 @@ def __getattr__(name: str):
     if name in ('layers', 'models'):
         return importlib.import_module(f'lkconv.{name}')
     if name == 'list_models':  # read from the model files' text, without importing timm
-        return importlib.import_module('lkconv.zoo').list_models
+        return importlib.import_module('lkconv.zoo.index').list_models
     raise AttributeError(f"module 'lkconv' has no attribute {name!r}")

@@ -15,10 +15,10 @@ from . import __version__
 
 # modules providing sub-commands, in the order they appear in `lkconv --help`
 COMMAND_MODULES = (
-    'lkconv.commands',
-    'lkconv.benchmark_commands',
-    'lkconv.deploy_commands',
-    'lkconv.hub_export',
+    'lkconv.zoo.commands',
+    'lkconv.bench.commands',
+    'lkconv.deploy.commands',
+    'lkconv.deploy.hub_export',
     'lkconv.training.commands',
 )
 

@@ -24,7 +24,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
-from ._input import check_image_input
+from .models._input import check_image_input
 
 __all__ = ['TimmFpnBackbone', 'anchor_generator_for', 'roi_align_for', 'faster_rcnn_kwargs']
 

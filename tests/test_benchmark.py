@@ -6,7 +6,7 @@ import pytest
 import timm
 
 import lkconv
-from lkconv.benchmark import (
+from lkconv.bench.benchmark import (
     BenchmarkResult, BenchSettings, ModelSpec, Timing, format_table, published_top1, resolve_models,
     run_benchmark, write_results,
 )

@@ -9,23 +9,23 @@ from pathlib import Path
 import pytest
 import torch
 
-import lkconv.benchmark
-import lkconv.benchmark_commands
-import lkconv.deploy_commands
-import lkconv.onnx_export
+import lkconv.bench.benchmark
+import lkconv.bench.commands
+import lkconv.deploy.commands
+import lkconv.deploy.onnx_export
 from lkconv.cli import main
-from lkconv.deploy_checkpoint import save_deploy_checkpoint
-from lkconv.names import did_you_mean
+from lkconv.zoo.deploy_checkpoint import save_deploy_checkpoint
+from lkconv.zoo.names import did_you_mean
 
 
 def _no_work(monkeypatch):
     """Make every command's expensive step fail the test if it is reached."""
     def reached(*args, **kwargs):
         raise AssertionError('work started before the mistake was reported')
-    monkeypatch.setattr(lkconv.benchmark, 'run_benchmark', reached)
-    monkeypatch.setattr(lkconv.benchmark_commands, 'load_model', reached)
-    monkeypatch.setattr(lkconv.deploy_commands, 'load_model', reached)
-    monkeypatch.setattr(lkconv.onnx_export, 'export_onnx', reached)
+    monkeypatch.setattr(lkconv.bench.benchmark, 'run_benchmark', reached)
+    monkeypatch.setattr(lkconv.bench.commands, 'load_model', reached)
+    monkeypatch.setattr(lkconv.deploy.commands, 'load_model', reached)
+    monkeypatch.setattr(lkconv.deploy.onnx_export, 'export_onnx', reached)
 
 
 def _fails(argv, capsys) -> str:
@@ -103,7 +103,7 @@ def test_export_refuses_a_folder_and_its_own_checkpoint(capsys, monkeypatch, tmp
 
 
 def test_input_too_small_is_one_line_before_export(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(lkconv.onnx_export, 'export_onnx', lambda *a, **k: pytest.fail('exported'))
+    monkeypatch.setattr(lkconv.deploy.onnx_export, 'export_onnx', lambda *a, **k: pytest.fail('exported'))
     out = tmp_path / 'u.onnx'
     message = _fails(['export', 'unireplknet_a', '--img-size', '16', '--out', str(out)], capsys)
     assert message == ('lkconv export: --img-size 16 does not fit unireplknet_a: input of 16x16 is too small: '

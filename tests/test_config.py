@@ -7,7 +7,7 @@ import yaml
 
 import lkconv
 from lkconv.cli import main
-from lkconv.config import ConfigError, Config, dump_config, load_config, parse_config, config_to_dict
+from lkconv.training.config import ConfigError, Config, dump_config, load_config, parse_config, config_to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 RECIPES = sorted(p for p in CONFIGS.rglob('*.yaml') if 'base' not in p.relative_to(CONFIGS).parts)

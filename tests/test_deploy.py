@@ -7,10 +7,10 @@ import torch
 from timm.utils import reparameterize_model
 
 from lkconv.cli import main
-from lkconv.deploy_checkpoint import is_deploy_checkpoint, load_deploy_model, save_deploy_checkpoint
-from lkconv.onnx_export import export_onnx, relative_error, run_onnx
+from lkconv.zoo.deploy_checkpoint import is_deploy_checkpoint, load_deploy_model, save_deploy_checkpoint
+from lkconv.deploy.onnx_export import export_onnx, relative_error, run_onnx
 from lkconv.training.checkpoint import CheckpointError
-from lkconv.validate import ValidateOptions, load_eval_model
+from lkconv.training.validate import ValidateOptions, load_eval_model
 from perturb import non_trivial
 from test_contract import SMALLEST_PER_FAMILY
 

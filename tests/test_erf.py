@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from lkconv.cli import main
-from lkconv.erf import area_ratio, area_ratios, erf_map
+from lkconv.bench.erf import area_ratio, area_ratios, erf_map
 
 
 def conv_stack(kernel_size: int, depth: int = 1) -> nn.Module:

@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from lkconv.layers import FDConv, convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
-from lkconv.layers.fdconv_fbm import band_masks
-from lkconv.layers.fdconv_ksm import ksm_local_kernel_size
-from lkconv.layers.fdconv_weight import frequency_groups, spatial_to_fourier, synthesize_weight
+from lkconv.layers.fdconv.fbm import band_masks
+from lkconv.layers.fdconv.ksm import ksm_local_kernel_size
+from lkconv.layers.fdconv.weight import frequency_groups, spatial_to_fourier, synthesize_weight
 from lkconv.models import FDConvResNet
 from parity import create_from_official, load_fixture, rel_error
 from perturb import randomize_batchnorm

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import lkconv.layers
-from lkconv.flops import count_flops, fft_macs
+from lkconv.bench.flops import count_flops, fft_macs
 from lkconv.layers import LargeKernelAttention, LSConv, get_depthwise_backend
 
 

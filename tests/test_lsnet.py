@@ -168,7 +168,7 @@ def test_lsconv_exports():
 
 
 def test_lsconv_onnx_export(tmp_path):
-    from lkconv.onnx_export import export_onnx, run_onnx
+    from lkconv.deploy.onnx_export import export_onnx, run_onnx
     conv = LSConv(16).eval()
     x = torch.randn(2, 16, 8, 8)
     path = export_onnx(conv, x, tmp_path / 'lsconv.onnx')

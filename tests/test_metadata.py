@@ -9,14 +9,14 @@ import torch
 from timm.data import resolve_data_config
 from timm.utils import reparameterize_model
 
-from lkconv import hub_export
+from lkconv.deploy import hub_export
 from lkconv.cli import main
-from lkconv.config import load_config
-from lkconv.deploy_checkpoint import load_deploy_model, save_deploy_checkpoint
-from lkconv.hub_export import save_hub_folder
-from lkconv.onnx_export import export_onnx, onnx_metadata, read_onnx_metadata
-from lkconv.train import train
-from lkconv.validate import ValidateOptions, load_eval_model
+from lkconv.training.config import load_config
+from lkconv.zoo.deploy_checkpoint import load_deploy_model, save_deploy_checkpoint
+from lkconv.deploy.hub_export import save_hub_folder
+from lkconv.deploy.onnx_export import export_onnx, onnx_metadata, read_onnx_metadata
+from lkconv.training.train import train
+from lkconv.training.validate import ValidateOptions, load_eval_model
 from test_contract import SMALLEST_PER_FAMILY
 from test_train import TINY_UNIREPLKNET, toy_overrides, write_toy_imagefolder
 

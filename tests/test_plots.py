@@ -12,7 +12,7 @@ import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.text import Text
 
-from lkconv.plots import (
+from lkconv.bench.plots import (
     SPREAD_NOTE, accuracy_figure, erf_figure, kernel_speedups_figure, plot_erf, plot_kernel_speedups,
     plot_speed, plot_throughput_bars, save_benchmark_plots, speed_figure, throughput_bars_figure,
 )

@@ -20,8 +20,8 @@ from PIL import Image
 from timm.task.distillation import DistillationTeacher
 
 from lkconv.cli import main
-from lkconv.config import ConfigError, load_config
-from lkconv.train import RESUME_LATEST, RunFolderError, resolve_lr, train
+from lkconv.training.config import ConfigError, load_config
+from lkconv.training.train import RESUME_LATEST, RunFolderError, resolve_lr, train
 from lkconv.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lkconv.training.distillation import DistillationLoss
 from lkconv.training.summary import SUMMARY_COLUMNS

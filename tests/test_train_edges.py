@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from lkconv.cli import main
-from lkconv.data import write_digits_imagefolder
+from lkconv.training.data import write_digits_imagefolder
 from lkconv.training import commands
 from lkconv.training.checkpoint import load_checkpoint, save_checkpoint
 from lkconv.training.run_folder import RunFolderError, resolve_run_folder
-from lkconv.config import load_config
-from lkconv.validate import ValidateOptions, load_eval_model
+from lkconv.training.config import load_config
+from lkconv.training.validate import ValidateOptions, load_eval_model
 from test_train import TINY_INCEPTIONNEXT, read_summary, toy_overrides, write_toy_imagefolder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
@@ -359,8 +359,8 @@ def test_ctrl_c_says_how_to_resume(toy_data, model_config, tmp_path):
 
 
 def test_an_error_midway_is_in_the_log(toy_data, model_config, tmp_path, capsys, monkeypatch):
-    import lkconv.train
-    real = lkconv.train.train_one_epoch
+    import lkconv.training.train
+    real = lkconv.training.train.train_one_epoch
 
     def diverging(*args, epoch, **kwargs):
         if epoch == 2:
@@ -368,7 +368,7 @@ def test_an_error_midway_is_in_the_log(toy_data, model_config, tmp_path, capsys,
                                      'the data')
         return real(*args, epoch=epoch, **kwargs)
 
-    monkeypatch.setattr(lkconv.train, 'train_one_epoch', diverging)
+    monkeypatch.setattr(lkconv.training.train, 'train_one_epoch', diverging)
     message = fails(train_args(model_config, toy_data, tmp_path), capsys)
     assert message == 'lkconv train: training loss is nan at epoch 2, step 1: lower the learning rate or check the data'
     log = (tmp_path / 'run' / 'train.log').read_text()

@@ -9,9 +9,9 @@ import torch
 from timm.data import create_dataset, create_transform, resolve_data_config
 
 from lkconv.cli import main
-from lkconv.config import load_config
-from lkconv.train import train
-from lkconv.validate import ValidateOptions, validate
+from lkconv.training.config import load_config
+from lkconv.training.train import train
+from lkconv.training.validate import ValidateOptions, validate
 from test_train import TINY_UNIREPLKNET, read_summary, toy_overrides, write_toy_imagefolder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py

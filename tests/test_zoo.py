@@ -1,4 +1,4 @@
-"""The zoo index (`lkconv.zoo`), read from the model files' text, equals what timm registers when they run."""
+"""The zoo index (`lkconv.zoo.index`), read from the model files' text, equals what timm registers when they run."""
 import subprocess
 import sys
 

@@ -203,7 +203,7 @@ def write_report(out: Path, meta: Dict, reports: Dict[str, Dict], final: bool) -
 
 def _plots(out: Path, reports: Dict[str, Dict], device: str) -> None:
     try:
-        from ..plots import plot_kernel_speedups, plot_throughput_bars
+        from .plots import plot_kernel_speedups, plot_throughput_bars
     except ImportError:  # matplotlib missing: the numbers are written either way
         return
     speed = _results(reports, 'kernel_speed')

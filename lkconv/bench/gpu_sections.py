@@ -106,7 +106,7 @@ class Environment(Section):
     def run(self, item, state, settings):
         import timm
 
-        from ..benchmark import device_name
+        from .benchmark import device_name
         from ..version import __version__
         info = dict(python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
                     lkconv=__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
@@ -212,7 +212,7 @@ class EndToEnd(Section):
     name, title, weight = 'end_to_end', 'End-to-end throughput', 0.38
 
     def _settings(self, settings: CheckSettings, compiled: bool, backend: str):
-        from ..benchmark import BenchSettings
+        from .benchmark import BenchSettings
         size = dict(batch_size=2, img_size=64, warmup=1, iters=1, rounds=1) if settings.smoke else \
             dict(batch_size=128, img_size=224, warmup=3, iters=5, rounds=2)
         # in a smoke run aot_eager stands in for Inductor, whose CPU build takes minutes
@@ -243,7 +243,7 @@ class EndToEnd(Section):
         return items + [run for model in compiled for run in runs(model, True)]
 
     def run(self, item, state, settings):
-        from ..benchmark import ModelSpec, describe_run, run_benchmark
+        from .benchmark import ModelSpec, describe_run, run_benchmark
         from ..models import list_models
         bench = self._settings(settings, item['compiled'], item['backend'])
         source = 'lkconv' if item['model'] in list_models() else 'timm'

@@ -13,5 +13,5 @@ from .ls_conv import LargeKernelPerception, LSConv
 from .ska import SKA, get_ska_backend, list_ska_backends, register_ska_backend, set_ska_backend, small_kernel_aggregation
 from .backend_selection import layer_backends
 from .reparam import conv_with_weights, dilate_kernel, fuse_bn_scale, fuse_conv_bn, merge_kernels, pad_kernel
-from .fdconv import FDConv, fdconv_applies, official_fdconv_key, real_fft2_macs
-from .fdconv_convert import convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
+from .fdconv import (FDConv, convert_state_dict_to_fdconv, convert_to_fdconv, fdconv_applies, official_fdconv_key,
+                     real_fft2_macs, to_fdconv)

@@ -1,5 +1,5 @@
 """Model families. Importing this package registers every lkconv model with timm."""
-from ..zoo import list_models
+from ..zoo.index import list_models
 from . import unireplknet
 from .unireplknet import UniRepLKNet
 from .inceptionnext import InceptionNeXt

@@ -23,7 +23,7 @@ from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, get_arch_pretrained_cfgs
 from timm.models._features import FeatureListNet, feature_take_indices
 
-from .._input import check_image_input
+from ._input import check_image_input
 
 __all__ = ['StagedBackbone', 'CheckedFeatureListNet', 'ClassifierMismatchError', 'create_backbone']
 

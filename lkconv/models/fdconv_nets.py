@@ -37,7 +37,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, get_pretrained_cf
 from timm.models._features import feature_take_indices
 from timm.models.resnet import Bottleneck, ResNet
 
-from .._input import check_image_input
+from ._input import check_image_input
 from ..layers import convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
 from . import inceptionnext, unireplknet
 from ._backbone import create_backbone

@@ -1,3 +1,3 @@
-"""Pieces of the training engine used by `lkconv.train` and `lkconv.validate`: distributed set-up, the
+"""Pieces of the training engine used by `lkconv.training.train` and `lkconv.training.validate`: distributed set-up, the
 run folder, checkpoints and atomic writes, the per-epoch summary, progress output, losses (with
 distillation) and the train / evaluate loops."""

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import get_args, get_origin
 
-from ..config import config_keys
+from .config import config_keys
 from .run_folder import RESUME_LATEST
 
 __all__ = ['add_commands']
@@ -76,9 +76,9 @@ class _ConfigKeyFlag(argparse.Action):
 
 
 def cmd_train(args) -> int:
-    from ..config import ConfigError, load_config
-    from ..pretrained import WeightsUnavailable
-    from ..train import RunFolderError, TrainingInterrupted, run_config_path, train
+    from .config import ConfigError, load_config
+    from ..zoo.weights import WeightsUnavailable
+    from .train import RunFolderError, TrainingInterrupted, run_config_path, train
     from .checkpoint import CheckpointError
 
     overrides = list(args.overrides)
@@ -107,11 +107,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from ..config import ConfigError
-    from ..validate import ValidateOptions, validate
+    from .config import ConfigError
+    from .validate import ValidateOptions, validate
     from .checkpoint import CheckpointError
 
-    logger = logging.getLogger('lkconv.validate')
+    logger = logging.getLogger('lkconv.training.validate')
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter('%(asctime)s %(message)s', datefmt='%H:%M:%S'))
     logger.addHandler(handler)

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.task.distillation import DistillationTeacher
 
-from ..pretrained import explain_download_failure
+from ..zoo.weights import explain_download_failure
 
 __all__ = ['DistillationLoss', 'create_teacher']
 

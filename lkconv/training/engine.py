@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.models import model_parameters
 from timm.utils import accuracy, dispatch_clip_grad
 
-from ..config import Config
+from .config import Config
 from .distributed import DistributedContext
 from .progress import ProgressMeter
 

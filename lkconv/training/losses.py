@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..config import Config
+from .config import Config
 from .distillation import DistillationLoss
 
 __all__ = ['LabelLoss', 'create_train_loss']

@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ['ProgressMeter', 'close_run_logger', 'format_duration', 'log_to_file', 'open_run_logger',
            'start_log_file']
 
-_LOGGER_NAME = 'lkconv.train'
+_LOGGER_NAME = 'lkconv.training.train'
 
 
 def open_run_logger(primary: bool) -> logging.Logger:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..cli_args import unwritable_reason
-from ..config import Config, ConfigError, config_problem
+from .config import Config, ConfigError, config_problem
 
 __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATEST', 'RUN_FILES', 'RunFolderError',
            'resolve_run_folder', 'run_config_path']

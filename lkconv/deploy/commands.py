@@ -6,8 +6,8 @@ import copy
 import sys
 from pathlib import Path
 
-from .cli_args import check_output_file, non_negative_int, positive_int
-from .commands import load_model, resolve_model_name
+from ..cli_args import check_output_file, non_negative_int, positive_int
+from ..zoo.commands import load_model, resolve_model_name
 
 
 def _load(args, reparam: bool, out_example: str):
@@ -42,8 +42,8 @@ def _forward(model, x, args, name: str):
 def cmd_reparam(args) -> int:
     import torch
     from timm.utils import reparameterize_model
-    from .benchmark import count_params
-    from .deploy_checkpoint import save_deploy_checkpoint
+    from ..bench.benchmark import count_params
+    from ..zoo.deploy_checkpoint import save_deploy_checkpoint
     from .onnx_export import relative_error
     model, data_config, name = _load(args, reparam=False, out_example=f'{args.model or "model"}_deploy.pth')
     x = _example(data_config, 2)
@@ -54,7 +54,7 @@ def cmd_reparam(args) -> int:
     path = save_deploy_checkpoint(deployed, name, data_config, args.out)
     print(f'{name}: {count_params(model):,} -> {count_params(deployed):,} parameters; deploy form vs training '
           f'form on a {tuple(x.shape)} batch: max relative error {error:.2e}')
-    print(f'wrote {path} (load with `lkconv.deploy_checkpoint.load_deploy_model`, or pass it to '
+    print(f'wrote {path} (load with `lkconv.zoo.deploy_checkpoint.load_deploy_model`, or pass it to '
           f'`lkconv validate/export --checkpoint`)')
     return 0 if error <= args.tolerance else 1
 

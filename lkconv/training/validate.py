@@ -25,21 +25,21 @@ from timm.data import create_dataset, resolve_data_config
 from timm.utils import reparameterize_model
 
 from .config import parse_config
-from .deploy_checkpoint import is_deploy_checkpoint, load_deploy_model
+from ..zoo.deploy_checkpoint import is_deploy_checkpoint, load_deploy_model
 from .data import (
     DIGITS, class_difference, class_names, create_eval_loader, empty_class_folder_problem, prepare_dataset_dir,
     timm_dataset_name,
 )
-from .names import check_model_name
-from .pretrained import WeightsUnavailable, explain_download_failure
+from ..zoo.names import check_model_name
+from ..zoo.weights import WeightsUnavailable, explain_download_failure
 from .train import create_train_model
-from .training.checkpoint import LABEL_NAMES, CheckpointError, load_checkpoint
-from .training.distributed import DistributedContext, device_problem, resolve_device_name
-from .training.engine import evaluate
+from .checkpoint import LABEL_NAMES, CheckpointError, load_checkpoint
+from .distributed import DistributedContext, device_problem, resolve_device_name
+from .engine import evaluate
 
 __all__ = ['ValidateOptions', 'load_eval_model', 'validate']
 
-_logger = logging.getLogger('lkconv.validate')
+_logger = logging.getLogger('lkconv.training.validate')
 
 
 @dataclass

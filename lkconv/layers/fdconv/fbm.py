@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fdconv_ksm import modulation_act
+from .ksm import modulation_act
 
 __all__ = ['FrequencyBandModulation', 'band_masks']
 

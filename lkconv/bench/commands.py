@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .benchmark_options import BENCH_MODES, FORMS, PRECISION_NAMES
-from .cli_args import check_output_folder, non_negative_int, positive_int
-from .commands import load_model, resolve_model_name
+from .options import BENCH_MODES, FORMS, PRECISION_NAMES
+from ..cli_args import check_output_folder, non_negative_int, positive_int
+from ..zoo.commands import load_model, resolve_model_name
 
 
 class _Progress:
@@ -37,7 +37,7 @@ class _Progress:
 
 def _device(name: Optional[str], command: str) -> str:
     """`name` (default: cuda if a GPU is visible, else cpu), checked to exist before any work."""
-    from .training.distributed import device_problem, resolve_device_name  # the check `lkconv train` makes
+    from ..training.distributed import device_problem, resolve_device_name  # the check `lkconv train` makes
     problem = device_problem(name or 'auto')
     if problem:
         raise SystemExit(f'lkconv {command}: --device: {problem}')

@@ -33,11 +33,11 @@ from timm.data import resolve_model_data_config
 from timm.optim import create_optimizer_v2
 from timm.utils import NativeScaler, reparameterize_model
 
-from .benchmark_options import BENCH_MODES, FORMS, PRECISION_NAMES
+from .options import BENCH_MODES, FORMS, PRECISION_NAMES
 from .flops import FLOP_CONVENTION, count_flops
-from .layers import layer_backends
-from .names import ModelSpec, did_you_mean, resolve_models
-from .version import __version__
+from ..layers import layer_backends
+from ..zoo.names import ModelSpec, did_you_mean, resolve_models
+from ..version import __version__
 
 __all__ = [
     'count_params', 'count_gmacs', 'time_forward', 'Timing', 'ModelSpec', 'resolve_models', 'BenchSettings',
@@ -57,7 +57,7 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int]) -> float:
-    """GMACs of one image through `model` (see `lkconv.flops` for what is counted)."""
+    """GMACs of one image through `model` (see `lkconv.bench.flops` for what is counted)."""
     return count_flops(model, input_size).gmacs
 
 

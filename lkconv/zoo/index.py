@@ -18,7 +18,7 @@ __all__ = ['FAMILIES', 'family_models', 'pretrained_names', 'list_models']
 # the model files, one family each, in the order the zoo is listed
 FAMILIES = ('unireplknet', 'inceptionnext', 'van', 'lsnet', 'fdconv_nets')
 
-_MODELS_DIR = Path(__file__).parent / 'models'
+_MODELS_DIR = Path(__file__).parents[1] / 'models'
 
 
 def _natural_key(name: str) -> List:

@@ -2,7 +2,7 @@
 and 'all', resolved against timm's registry, with close matches for a name that is not there.
 
 Every command that takes a model name goes through here, so a misspelling gets the same answer everywhere.
-Names within the lkconv zoo are answered from `lkconv.zoo`, without importing timm (seconds), so that
+Names within the lkconv zoo are answered from `lkconv.zoo.index`, without importing timm (seconds), so that
 `lkconv list` is quick; timm is imported for the first name that leaves the zoo.
 """
 import difflib
@@ -10,7 +10,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence
 
-from . import zoo
+from . import index
 
 __all__ = ['did_you_mean', 'check_model_name', 'ModelSpec', 'resolve_models', 'pretrained_names']
 
@@ -58,14 +58,14 @@ class ModelSpec:
 
 def _in_zoo(pattern: str) -> List[str]:
     """What `pattern` names within the lkconv zoo, or [] if it names nothing there."""
-    models = zoo.list_models()
+    models = index.list_models()
     if pattern == 'all':
         return models
     if any(c in pattern for c in '*?['):
         return fnmatch.filter(models, pattern)
-    if pattern in models or pattern in zoo.pretrained_names(pattern.partition('.')[0]):
+    if pattern in models or pattern in index.pretrained_names(pattern.partition('.')[0]):
         return [pattern]
-    return list(zoo.family_models(pattern)) if pattern in zoo.FAMILIES else []
+    return list(index.family_models(pattern)) if pattern in index.FAMILIES else []
 
 
 def _in_timm(pattern: str) -> List[str]:
@@ -91,18 +91,18 @@ def resolve_models(patterns: Sequence[str]) -> List[ModelSpec]:
             hint = did_you_mean(pattern, _candidates(pattern) + sorted(timm.list_modules()))
             raise ValueError(f"no model matches '{pattern}'{hint}")
         names += [n for n in found if n not in names]
-    zoo_models = set(zoo.list_models())
+    zoo_models = set(index.list_models())
     return [ModelSpec(n, 'lkconv' if n.split('.')[0] in zoo_models else 'timm') for n in names]
 
 
 def pretrained_names(names: Sequence[str]) -> List[str]:
     """The published weights of `names` as tagged names: every tag of an untagged name, a tagged name
     itself if it has weights. The zoo's are read without importing timm."""
-    zoo_models = set(zoo.list_models())
+    zoo_models = set(index.list_models())
 
     def weights(model: str) -> Sequence[str]:
         if model in zoo_models:
-            return zoo.pretrained_names(model)
+            return index.pretrained_names(model)
         import timm
         return timm.list_pretrained(f'{model}.*')
 

@@ -28,7 +28,7 @@ __all__ = [
     'load_config', 'parse_config',
 ]
 
-# datasets lkconv writes out itself (see lkconv.data); every other name goes to timm's create_dataset
+# datasets lkconv writes out itself (see lkconv.training.data); every other name goes to timm's create_dataset
 EMBEDDED_DATASETS = ('lkconv/digits',)
 
 
@@ -435,7 +435,7 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
         problems.append(f"{where('train.distill_teacher')}: train.distill_teacher: set, but train.distill_type "
                         f"is 'none'")
 
-    from .names import check_model_name
+    from ..zoo.names import check_model_name
     for key in ('model.name', 'train.distill_teacher'):
         section, name = key.split('.')
         model_name = getattr(getattr(config, section), name)
@@ -462,7 +462,7 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
                         f"did you mean '{_closest(data.dataset, EMBEDDED_DATASETS)}'?")
     if not check_files:
         return problems
-    from .training.distributed import device_problem
+    from .distributed import device_problem
     problem = device_problem(config.train.device)
     if problem:
         problems.append(f"{where('train.device')}: train.device: {problem}")
@@ -492,7 +492,7 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
 def _unknown_optimizer_problem(opt: str) -> Optional[str]:
     # timm's optimizer factory reads 'lookahead_NAME' as NAME wrapped in Lookahead
     from timm.optim import list_optimizers
-    from .names import did_you_mean
+    from ..zoo.names import did_you_mean
     names = list_optimizers()
     if opt.lower().split('_')[-1] in names:
         return None

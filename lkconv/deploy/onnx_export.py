@@ -16,9 +16,9 @@ from typing import Any, Dict, Optional, Union
 import torch
 import torch.nn as nn
 
-from .deploy_checkpoint import split_label_names
-from .layers import layer_backends
-from .training.checkpoint import LABEL_NAMES
+from ..zoo.deploy_checkpoint import split_label_names
+from ..layers import layer_backends
+from ..training.checkpoint import LABEL_NAMES
 
 __all__ = ['export_onnx', 'onnx_metadata', 'read_onnx_metadata', 'run_onnx', 'relative_error']
 

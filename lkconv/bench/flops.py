@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 
-from .layers import SKA, layer_backends, small_kernel_aggregation
+from ..layers import SKA, layer_backends, small_kernel_aggregation
 
 __all__ = ['FlopCount', 'count_flops', 'fft_macs', 'FLOP_CONVENTION']
 

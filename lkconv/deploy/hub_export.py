@@ -33,8 +33,8 @@ def save_hub_folder(model, data_config: Dict[str, Any], out: Union[str, Path]) -
     once timm has rebuilt the model from it."""
     from timm.models import save_for_hf
 
-    from .deploy_checkpoint import split_label_names
-    from .training.checkpoint import LABEL_NAMES
+    from ..zoo.deploy_checkpoint import split_label_names
+    from ..training.checkpoint import LABEL_NAMES
     out = Path(out)
     _check_target(out)
     preprocessing, label_names = split_label_names(data_config, model.num_classes)
@@ -69,9 +69,9 @@ def _check_rebuilds(folder: Path, model) -> None:
 
 
 def cmd_hub_export(args) -> int:
-    from .deploy_checkpoint import is_deploy_checkpoint
-    from .training.checkpoint import LABEL_NAMES, CheckpointError, load_checkpoint
-    from .validate import ValidateOptions, load_eval_model
+    from ..zoo.deploy_checkpoint import is_deploy_checkpoint
+    from ..training.checkpoint import LABEL_NAMES, CheckpointError, load_checkpoint
+    from ..training.validate import ValidateOptions, load_eval_model
     if not (args.checkpoint or args.pretrained):
         raise SystemExit("lkconv hub-export: give --checkpoint (a training run's checkpoint or a weights file) "
                          'or --pretrained')

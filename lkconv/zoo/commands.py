@@ -4,7 +4,7 @@ torch, timm and the models are imported inside the command functions: see `lkcon
 """
 from typing import Any, Dict, Optional, Tuple
 
-from .cli_args import positive_int
+from ..cli_args import positive_int
 
 
 def resolve_model_name(name: str, command: str) -> str:
@@ -21,8 +21,8 @@ def load_model(args, command: str, name: Optional[str], reparam: bool) -> Tuple[
     (an lkconv training or deploy checkpoint, which also gives the architecture, or an official / timm file),
     --pretrained, or neither (random init). Reads `args.checkpoint`, `pretrained`, `num_classes`, `use_ema`
     and `img_size`; exits with one line on a bad checkpoint or a failed download."""
-    from .training.checkpoint import CheckpointError
-    from .validate import ValidateOptions, load_eval_model
+    from ..training.checkpoint import CheckpointError
+    from ..training.validate import ValidateOptions, load_eval_model
     options = ValidateOptions(
         model=name, checkpoint=args.checkpoint, pretrained=args.pretrained,
         random_init=not (args.checkpoint or args.pretrained), num_classes=args.num_classes, use_ema=args.use_ema,
@@ -49,7 +49,7 @@ def cmd_list(args) -> None:
 
 def cmd_info(args) -> None:
     import timm
-    from .benchmark import count_params
+    from ..bench.benchmark import count_params
     name = resolve_model_name(args.model, 'info')
     model = timm.create_model(name, device='meta')
     cfg = model.pretrained_cfg
@@ -66,9 +66,9 @@ def cmd_demo(args) -> None:
     """List the zoo, then build one model and run it on a batch, reporting size, FLOPs and timing."""
     import timm
     import torch
-    from . import __version__
-    from .benchmark import count_gmacs, count_params, time_forward
-    from .models import list_models
+    from .. import __version__
+    from ..bench.benchmark import count_gmacs, count_params, time_forward
+    from ..models import list_models
     name = resolve_model_name(args.model, 'demo')
     names = list_models()
     print(f'lkconv {__version__}: {len(names)} models registered with timm')

@@ -45,21 +45,21 @@ from .data import (
     DataFolderError, class_difference, class_names, create_eval_loader, create_mixup, create_train_loader,
     dataset_splits, empty_class_folder_problem, loader_sampler, prepare_dataset_dir, resolve_eval_data_config,
 )
-from .pretrained import explain_download_failure
-from .training.checkpoint import (
+from ..zoo.weights import explain_download_failure
+from .checkpoint import (
     atomic_copy, atomic_write_text, check_resumable, load_checkpoint, make_checkpoint, remove_temp_files,
     restore_checkpoint, save_checkpoint,
 )
-from .training.distillation import create_teacher
-from .training.distributed import DistributedContext, setup_distributed
-from .training.engine import evaluate, train_one_epoch
-from .training.losses import create_train_loss
-from .training.progress import close_run_logger, format_duration, log_to_file, open_run_logger, start_log_file
-from .training.run_folder import (
+from .distillation import create_teacher
+from .distributed import DistributedContext, setup_distributed
+from .engine import evaluate, train_one_epoch
+from .losses import create_train_loss
+from .progress import close_run_logger, format_duration, log_to_file, open_run_logger, start_log_file
+from .run_folder import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, RESOLVED_CONFIG, RESUME_LATEST, RunFolderError, resolve_run_folder,
     run_config_path,
 )
-from .training.summary import EpochSummary
+from .summary import EpochSummary
 
 __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATEST', 'RunFolderError',
            'TrainingInterrupted', 'create_train_model', 'resolve_lr', 'resolve_run_folder', 'run_config_path',

@@ -38,9 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from .fdconv_fbm import FrequencyBandModulation
-from .fdconv_ksm import KernelSpatialModulationGlobal, KernelSpatialModulationLocal, modulation_act
-from .fdconv_weight import fourier_scale, frequency_groups, spatial_to_fourier, synthesize_weight
+from .fbm import FrequencyBandModulation
+from .ksm import KernelSpatialModulationGlobal, KernelSpatialModulationLocal, modulation_act
+from .weight import fourier_scale, frequency_groups, spatial_to_fourier, synthesize_weight
 
 __all__ = ['FDConv', 'fdconv_applies', 'official_fdconv_key', 'real_fft2_macs']
 

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .fdconv import FDConv, fdconv_applies, official_fdconv_key
-from .fdconv_weight import spatial_to_fourier
+from .conv import FDConv, fdconv_applies, official_fdconv_key
+from .weight import spatial_to_fourier
 
 __all__ = ['to_fdconv', 'convert_to_fdconv', 'convert_state_dict_to_fdconv']
 
