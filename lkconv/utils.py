@@ -1,0 +1,73 @@
+"""Helpers every part of lkconv shares: files written atomically, CSV text, close matches for a misspelt
+name, parameter counts. Importable without torch (no command line start-up pays for it).
+"""
+import csv
+import difflib
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Sequence, Union
+
+__all__ = ['TEMP_MARK', 'atomic_write', 'atomic_write_text', 'atomic_copy', 'csv_text', 'did_you_mean',
+           'count_params']
+
+PathLike = Union[str, Path]
+TEMP_MARK = '.tmp-'  # in the name of a file being written; a killed writer may leave one behind
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(file)` on a temporary file beside `path`, flush it to disk, then rename it to `path`:
+    a reader sees the old file or the new one, never a partial one, even if the process is killed."""
+    path = Path(path)
+    temp = path.with_name(f'.{path.name}{TEMP_MARK}{os.getpid()}')
+    try:
+        with open(temp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # not every file system lets a directory be opened or synced
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def atomic_copy(source: PathLike, target: PathLike) -> None:
+    def copy(f: BinaryIO) -> None:
+        with open(source, 'rb') as src:
+            shutil.copyfileobj(src, f)
+    atomic_write(target, copy)
+
+
+def csv_text(rows: Sequence[Dict[str, Any]], columns: Iterable[str], header: bool = True) -> str:
+    """`rows` as CSV text with `columns` in that order (a missing value is an empty cell)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator='\n', restval='')
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """'; did you mean: a, b' with up to five distinct close matches of `name` among `choices`, or ''."""
+    unique: List[str] = list(dict.fromkeys(choices))  # e.g. the zoo's names are also timm's: list each once
+    close = difflib.get_close_matches(name, unique, n=5, cutoff=0.5)
+    return f"; did you mean: {', '.join(close)}" if close else ''
+
+
+def count_params(model) -> int:
+    """The number of parameters of an `nn.Module` (shared parameters once, as `model.parameters()` gives them)."""
+    return sum(p.numel() for p in model.parameters())
