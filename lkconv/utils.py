@@ -4,13 +4,14 @@ name, parameter counts. Importable without torch (no command line start-up pays 
 import csv
 import difflib
 import io
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Iterable, List, Sequence, Union
 
 __all__ = ['TEMP_MARK', 'atomic_write', 'atomic_write_text', 'atomic_copy', 'csv_text', 'did_you_mean',
-           'count_params']
+           'count_params', 'relative_error']
 
 PathLike = Union[str, Path]
 TEMP_MARK = '.tmp-'  # in the name of a file being written; a killed writer may leave one behind
@@ -71,3 +72,23 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def count_params(model) -> int:
     """The number of parameters of an `nn.Module` (shared parameters once, as `model.parameters()` gives them)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def relative_error(actual, expected, norm: str = 'max') -> float:
+    """How far the tensor `actual` is from `expected`, relative to `expected`'s scale: the largest element
+    error over the largest element ('max'), or the error's L2 norm over `expected`'s ('l2'). In float64 on
+    the CPU, whatever the inputs' dtype and device; 0 when both are all zeros."""
+    if actual.shape != expected.shape:
+        raise ValueError(f'shapes differ: {tuple(actual.shape)} and {tuple(expected.shape)}')
+    if expected.numel() == 0:
+        return 0.0
+    actual, expected = actual.detach().cpu().double(), expected.detach().cpu().double()
+    if norm == 'max':
+        error, scale = (actual - expected).abs().max(), expected.abs().max()
+    elif norm == 'l2':
+        error, scale = (actual - expected).norm(), expected.norm()
+    else:
+        raise ValueError(f"norm is 'max' or 'l2', not {norm!r}")
+    if scale == 0:
+        return 0.0 if error == 0 else math.inf
+    return float(error / scale)
