@@ -20,6 +20,7 @@ __all__ = ['__version__', 'layers', 'models', 'list_models']
 
 def _register_models() -> None:
     importlib.import_module('lkconv.models')  # its model files register themselves with timm
+    importlib.import_module('lkconv.kernels')  # the Triton backends register themselves (no triton import)
 
 
 class _RegisterOnceTimmIsLoaded(importlib.abc.MetaPathFinder):

@@ -11,14 +11,13 @@ import os
 import sys
 from typing import List, Optional
 
-from . import __version__
+from .version import __version__
 
 # modules providing sub-commands, in the order they appear in `lkconv --help`
 COMMAND_MODULES = (
     'lkconv.zoo.commands',
     'lkconv.bench.commands',
     'lkconv.deploy.commands',
-    'lkconv.deploy.hub_export',
     'lkconv.training.commands',
 )
 

@@ -1,13 +1,12 @@
 #!/usr/bin/env python3
-"""Triton depthwise-conv and SKA kernels against PyTorch at the models' own convolutions: correctness
-(fp32/fp16/bf16, NCHW and channels_last) and forward+backward speed. See `lkconv.bench.kernels`.
+"""Triton depthwise-conv and SKA kernels against PyTorch at the models' own convolutions: `lkconv bench-kernels`.
 
     python scripts/bench_kernels.py --json kernels.json --emit-table     # GPU: bf16, batch 128
     TRITON_INTERPRET=1 python scripts/bench_kernels.py --smoke             # CPU: tiny shapes
 """
 import sys
 
-from lkconv.bench.kernels import main
+from lkconv.cli import main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(['bench-kernels', *sys.argv[1:]]))

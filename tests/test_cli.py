@@ -76,3 +76,10 @@ def test_command_line_starts_without_torch():
     code = 'import lkconv.layers, timm; print(timm.is_model("van_b0"))'  # timm first imported inside lkconv
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout == 'True\n', result.stderr
+
+
+def test_runs_as_a_module():
+    """`python -m lkconv.cli` is the `lkconv` command, which is what `torchrun -m lkconv.cli train ...` runs."""
+    result = subprocess.run([sys.executable, '-m', 'lkconv.cli', 'list', 'van_b[01]'], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == ['van_b0', 'van_b1'], result.stderr

@@ -121,6 +121,22 @@ def test_fdconv_counts_its_ffts():
     assert flops.macs['conv'] >= 2 * 64 * 64 * 9 * 256
 
 
+def test_fdconv_costs_by_hand():
+    """Every component of an FDConv layer, stated independently of the counter."""
+    layer = lkconv.layers.FDConv(64, 128, 3, stride=2, padding=1, kernel_num=64)
+    flops = count_flops(layer, (64, 16, 16), batch_size=2)
+    hidden = 16  # global KSM width: max(int(64 * 0.0625), 16)
+    per_sample_conv = 2 * 128 * 64 * 9 * 8 * 8  # 3x3, stride 2: 8x8 outputs
+    ksm_local = 2 * 128 * 9 * 64 * 5  # Conv1d(1 -> Cout*9, t=5) along the 64 channels
+    fbm_convs = 3 * 2 * 64 * 9 * 256  # one 3x3 Cin -> 1 conv per band, on 16x16
+    assert flops.macs['conv'] == per_sample_conv + ksm_local + fbm_convs
+    assert flops.macs['linear'] == 2 * hidden * (64 + 64 + 128 + 9 + 64)  # fc, then channel, filter, spatial, band
+    synthesis = 2 * real_fft(384 * 192)  # one irfft2 over (Cout*k) x (Cin*k) per sample
+    assert flops.macs['fft_rfft2'] == pytest.approx(2 * 64 * real_fft(256))
+    assert flops.macs['fft_irfft2'] == pytest.approx(synthesis + 3 * 2 * 64 * real_fft(256))
+    assert flops.not_counted == {}
+
+
 # published deploy-form GMACs at 224 (specs): (value, tolerance). LSNet publishes 0.3G with one decimal,
 # i.e. a value in [0.25, 0.35); its unrounded architecture count is ~0.316G.
 PUBLISHED = {

@@ -83,3 +83,27 @@ def test_timm_fx_feature_extraction(name):
     assert len(actual) == len(expected) == len(traced.feature_info)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e)
+
+
+def test_ska_operator_decomposes_for_compilers_and_runs_on_meta():
+    """LSNet's SKA is the operator `lkconv::small_kernel_aggregation`: one node for tracers that record
+    operators (FLOP counting), but below autograd it is its PyTorch decomposition, so compilers fuse it
+    and autograd, meta tensors and compiled training need nothing of their own."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from lkconv.layers import LSConv, small_kernel_aggregation
+    gen = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(2, 16, 8, 8, generator=gen), torch.randn(2, 2, 9, 8, 8, generator=gen)
+    traced = make_fx(small_kernel_aggregation)(x, weight)
+    assert not any('lkconv' in str(node.target) for node in traced.graph.nodes)
+    torch.testing.assert_close(traced(x, weight), small_kernel_aggregation(x, weight))
+    on_meta = small_kernel_aggregation(x.to('meta'), weight.to('meta'))
+    assert on_meta.device.type == 'meta' and on_meta.shape == x.shape
+
+    torch._dynamo.reset()
+    layer = LSConv(16).train()
+    eager_grads = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+    compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)
+    grads = torch.autograd.grad(compiled(x).square().sum(), list(layer.parameters()))
+    for grad, eager in zip(grads, eager_grads):
+        torch.testing.assert_close(grad, eager, rtol=1e-4, atol=1e-5)

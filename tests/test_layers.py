@@ -1,14 +1,20 @@
-"""Shared primitives: depthwise conv dispatch, re-parameterisation algebra, Dilated Reparam Block, GRN."""
+"""Shared primitives: backend registry and depthwise conv dispatch, re-parameterisation algebra, Dilated Reparam
+Block, GRN."""
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lkconv.backends import DEPTHWISE_BACKENDS, Backends, check_depthwise_inputs, check_ska_inputs
 from lkconv.layers import (
     DILATED_BRANCHES, ConvBn, DepthwiseConv2d, DilatedReparamBlock, GlobalResponseNormNHWC, dilate_kernel,
     fuse_conv_bn, merge_kernels, pad_kernel, register_depthwise_backend, set_depthwise_backend,
 )
-from lkconv.layers import depthwise_conv
+
+LKCONV = Path(__file__).resolve().parent.parent / 'lkconv'
 
 
 def _randomize_bn(bn, gen):
@@ -52,7 +58,67 @@ def test_depthwise_backend_dispatch():
             set_depthwise_backend('nope')
     finally:
         set_depthwise_backend('auto')
-        depthwise_conv._BACKENDS[:] = [b for b in depthwise_conv._BACKENDS if b.name != 'fake']
+        DEPTHWISE_BACKENDS.unregister('fake')
+    assert 'fake' not in DEPTHWISE_BACKENDS.names()
+
+
+def test_backend_registry():
+    calls = []
+    registry = Backends('toy')
+    registry.register('slow', lambda x: calls.append('slow') or x, supports=lambda x: True, priority=0)
+    registry.register('fast', lambda x: calls.append('fast') or x, supports=lambda x: x > 0)
+    assert registry.names() == ['fast', 'slow']  # highest priority first
+    registry.dispatch(1), registry.dispatch(-1)
+    assert calls == ['fast', 'slow']
+    with registry.using('slow'):
+        assert registry.selected() == 'slow'
+        registry.dispatch(1)
+    assert registry.selected() == 'auto' and calls[-1] == 'slow'
+    with pytest.raises(ValueError, match="Unknown toy backend 'gpu'; registered: auto, fast, slow"):
+        registry.select('gpu')
+    registry.select('fast')
+    registry.unregister('fast')  # the selection falls back to 'auto'
+    assert registry.selected() == 'auto' and registry.names() == ['slow']
+    with pytest.raises(ValueError, match="registered: auto, slow"):
+        registry.unregister('fast')
+    registry.unregister('slow')
+    with pytest.raises(RuntimeError, match='No registered toy backend'):
+        registry.dispatch(1)
+
+
+def test_shared_input_contracts():
+    x = torch.randn(2, 8, 5, 6)
+    check_depthwise_inputs(x, torch.randn(8, 1, 3, 3))
+    for weight in (torch.randn(4, 1, 3, 3), torch.randn(8, 2, 3, 3), torch.randn(8, 3, 3)):
+        with pytest.raises(ValueError, match=r'weight \(C, 1, KH, KW\)'):
+            check_depthwise_inputs(x, weight)
+    assert check_ska_inputs(x, torch.randn(2, 2, 25, 5, 6)) == 5
+    with pytest.raises(ValueError, match='does not fit'):
+        check_ska_inputs(x, torch.randn(2, 3, 9, 5, 6))
+    with pytest.raises(ValueError, match='odd K'):
+        check_ska_inputs(x, torch.randn(2, 2, 16, 5, 6))
+
+
+def test_depthwise_conv_takes_an_unbatched_image_like_conv2d():
+    conv = DepthwiseConv2d(4, 5)
+    x = torch.randn(4, 9, 9)
+    torch.testing.assert_close(conv(x), conv(x[None])[0])
+
+
+def test_layers_never_import_the_kernels():
+    """The Triton kernels register themselves with lkconv.backends; the layers must not depend on them."""
+    for path in sorted((LKCONV / 'layers').rglob('*.py')) + [LKCONV / 'backends.py']:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [('.' * node.level) + (node.module or '') + '.' + a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                assert 'kernels' not in name.split('.'), f'{path.relative_to(LKCONV)} imports {name}'
+                if path.name == 'backends.py':  # below every subpackage
+                    assert not name.startswith(('.', 'lkconv')), f'backends.py imports {name}'
 
 
 def test_layer_backends_selects_and_restores():

@@ -13,15 +13,11 @@ How timings are taken, so that numbers from a shared or noisy machine still comp
   the median step time, samples/s = batch / median, and the interquartile range as the spread.
 """
 import copy
-import csv
-import io
 import json
-import os
 import platform
 import re
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,11 +32,12 @@ from timm.utils import NativeScaler, reparameterize_model
 from .options import BENCH_MODES, FORMS, PRECISION_NAMES
 from .flops import FLOP_CONVENTION, count_flops
 from ..layers import layer_backends
-from ..zoo.names import ModelSpec, did_you_mean, resolve_models
+from ..zoo.names import ModelSpec, resolve_models
+from ..utils import atomic_write_text, autocast_factory, count_params, csv_text, did_you_mean
 from ..version import __version__
 
 __all__ = [
-    'count_params', 'count_gmacs', 'time_forward', 'Timing', 'ModelSpec', 'resolve_models', 'BenchSettings',
+    'count_gmacs', 'time_forward', 'Timing', 'ModelSpec', 'resolve_models', 'BenchSettings',
     'BenchmarkResult', 'run_benchmark', 'published_top1', 'write_results', 'format_table', 'CSV_COLUMNS',
     'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD', 'describe_run', 'device_name',
 ]
@@ -50,10 +47,6 @@ TIMING_METHOD = (
     'warm-up steps first; timed steps in rounds interleaved across models; each step timed alone with '
     'device synchronisation; step time = median, spread = interquartile range, samples/s = batch / median'
 )
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int]) -> float:
@@ -189,7 +182,7 @@ class _Runner:
         self.model = torch.compile(self.module, backend=settings.compile_backend) if settings.compile else self.module
         self.x = torch.randn(self.batch_size, *input_size, device=self.device).contiguous(memory_format=fmt)
         amp_dtype = PRECISIONS[settings.precision]
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.autocast = autocast_factory(self.device.type, amp_dtype)
         self.step_times: List[float] = []
 
     def _set_mode(self) -> None:
@@ -487,25 +480,15 @@ CSV_COLUMNS = (
 )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(result: BenchmarkResult, out_dir, name: str = 'benchmark') -> List[Path]:
     """Write `<name>.csv` (one row per model and form) and `<name>.json` (meta + rows) into `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     present = {k for row in result.rows for k in row}
     columns = [c for c in CSV_COLUMNS if c in present] + sorted(present - set(CSV_COLUMNS))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(result.rows)
     csv_path, json_path = out_dir / f'{name}.csv', out_dir / f'{name}.json'
-    _atomic_write(csv_path, buffer.getvalue())
-    _atomic_write(json_path, json.dumps(dict(meta=result.meta, results=result.rows), indent=2) + '\n')
+    atomic_write_text(csv_path, csv_text(result.rows, columns))
+    atomic_write_text(json_path, json.dumps(dict(meta=result.meta, results=result.rows), indent=2) + '\n')
     return [csv_path, json_path]
 
 

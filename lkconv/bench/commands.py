@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .options import BENCH_MODES, FORMS, PRECISION_NAMES
+from .options import BENCH_MODES, FORMS, KERNEL_DTYPES, KERNEL_MODELS, PRECISION_NAMES
 from ..cli_args import check_output_folder, non_negative_int, positive_int
+from ..utils import atomic_write_text, csv_text
 from ..zoo.commands import load_model, resolve_model_name
 
 
@@ -37,7 +38,7 @@ class _Progress:
 
 def _device(name: Optional[str], command: str) -> str:
     """`name` (default: cuda if a GPU is visible, else cpu), checked to exist before any work."""
-    from ..training.distributed import device_problem, resolve_device_name  # the check `lkconv train` makes
+    from ..utils import device_problem, resolve_device_name  # the check `lkconv train` makes
     problem = device_problem(name or 'auto')
     if problem:
         raise SystemExit(f'lkconv {command}: --device: {problem}')
@@ -217,16 +218,52 @@ def cmd_erf(args) -> int:
     for r in rows:
         ratios = [r[f'area_ratio_{round(t * 100)}'] for t in DEFAULT_THRESHOLDS]
         print(r['model'].ljust(width) + ''.join(f'{v:9.2%}' for v in ratios))
-    with open(out / 'erf.csv', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator='\n')
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write_text(out / 'erf.csv', csv_text(rows, rows[0]))
     if not (args.pretrained or args.checkpoint):
         print('note: randomly initialised weights show the architecture at initialisation (zero-initialised '
               'residual branches, global SE/GRN paths), not what a trained model looks at; use --pretrained '
               'or --checkpoint for the published kind of ERF')
     print('wrote ' + ', '.join([r['png'] for r in rows] + [str(out / 'erf.csv')]))
     return 0
+
+
+def cmd_demo(args) -> None:
+    """List the zoo, then build one model and run it on a batch, reporting size, FLOPs and timing."""
+    import timm
+    import torch
+    from ..version import __version__
+    from ..zoo import list_models
+    from ..utils import count_params
+    from .benchmark import count_gmacs, time_forward
+    name = resolve_model_name(args.model, 'demo')
+    names = list_models()
+    print(f'lkconv {__version__}: {len(names)} models registered with timm')
+    for zoo_name in names:
+        print(f'  {zoo_name:<28} {count_params(timm.create_model(zoo_name, device="meta")) / 1e6:8.2f} M params')
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    size = model.pretrained_cfg['input_size']
+    x = torch.randn(args.batch_size, *size)
+    print(f'\n{name}: {count_params(model):,} parameters, '
+          f'{count_gmacs(model, size):.3f} GMACs per {size[1]}x{size[2]} image (fvcore)')
+    with torch.no_grad():
+        logits = model(x)
+    print(f'forward of a {tuple(x.shape)} batch -> logits {tuple(logits.shape)}, '
+          f'top-1 class ids {logits.argmax(-1).tolist()}')
+    timing = time_forward(model, x)
+    print(f'CPU eval forward, fp32, batch {args.batch_size}: median {timing.median * 1e3:.1f} ms '
+          f'({timing.samples_per_sec:.1f} img/s over {len(timing.step_times)} runs)')
+    deployed = timm.utils.reparameterize_model(model)
+    with torch.no_grad():
+        gap = (deployed(x) - logits).abs().max().item()
+    fused = time_forward(deployed, x)
+    print(f're-parameterised: {count_params(deployed):,} parameters, max |logit difference| {gap:.2e}, '
+          f'median {fused.median * 1e3:.1f} ms ({timing.median / fused.median:.2f}x the training form speed)')
+
+
+def cmd_bench_kernels(args) -> int:
+    from .kernels import run
+    return run(args)
 
 
 def add_commands(subparsers) -> None:
@@ -286,3 +323,26 @@ def add_commands(subparsers) -> None:
     p.add_argument('--out', default=None,
                    help='folder for erf_<model>.png and erf.csv (default: a new output/erf/<date>-<time>)')
     p.set_defaults(func=cmd_erf)
+
+    p = subparsers.add_parser('demo', help='list the zoo, build a model and run it on a batch')
+    p.add_argument('--model', default='unireplknet_a', help='model to build and run')
+    p.add_argument('-b', '--batch-size', type=positive_int, default=4, help='images in the batch')
+    p.set_defaults(func=cmd_demo)
+
+    p = subparsers.add_parser(
+        'bench-kernels', help="the Triton kernels against PyTorch at the models' own convolutions",
+        description="Check the Triton depthwise-conv and SKA kernels against PyTorch at every convolution the "
+                    "models run (all dtypes, both layouts: forward, input and weight gradients), then time "
+                    "forward+backward of every path. Needs a CUDA GPU, or --smoke on the CPU.")
+    p.add_argument('--models', nargs='+', default=list(KERNEL_MODELS), help='models whose convolutions to run')
+    p.add_argument('--img-size', type=positive_int, default=224, help='input side the geometries come from')
+    p.add_argument('--batch', type=positive_int, default=128, help='batch of the timed steps')
+    p.add_argument('--dtype', choices=KERNEL_DTYPES, default='bfloat16', help='dtype of the timed steps')
+    p.add_argument('--warmup', type=non_negative_int, default=3, help='untimed steps per path')
+    p.add_argument('--rounds', type=positive_int, default=20, help='timed steps per path')
+    p.add_argument('--json', type=Path, default=None,
+                   help='write every check and measurement, and the selection rows, here')
+    p.add_argument('--emit-table', action='store_true', help='print entries for lkconv/kernels/selection.py')
+    p.add_argument('--smoke', action='store_true',
+                   help='CPU under TRITON_INTERPRET=1: tiny shapes, one timed step per path')
+    p.set_defaults(func=cmd_bench_kernels)

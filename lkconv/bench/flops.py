@@ -20,22 +20,21 @@ table, so every operator in the trace ends up in exactly one of four places:
                 such as ReLU and max).
 * `not_counted` anything else, by name and number of calls. Never silently zero.
 
-Depthwise convolutions are counted with the PyTorch backend selected (a GPU kernel computes the same
-convolution but would trace as an opaque custom Function), and SKA modules are traced as one
-operator whichever backend runs them.
+Counting selects the PyTorch backends of `lkconv.layers` (a GPU kernel computes the same operation but
+would trace as an opaque custom op): depthwise convolutions then trace as aten convolutions, and SKA as
+its one operator `lkconv::small_kernel_aggregation` (`lkconv.layers.SKA_OP`), which has its own handle.
 """
 import logging
 import math
 import warnings
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..layers import SKA, layer_backends, small_kernel_aggregation
+from ..layers import SKA_OP, layer_backends
 
 __all__ = ['FlopCount', 'count_flops', 'fft_macs', 'FLOP_CONVENTION']
 
@@ -128,36 +127,11 @@ def _fft_handle(op: str) -> Handle:
 
 # ----------------------------------------------------------------------------------------------- SKA
 
-class _SmallKernelAggregationOp(torch.autograd.Function):
-    """Runs SKA unchanged; under `torch.jit.trace` it records one named node for the SKA handle."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        return small_kernel_aggregation(x, weight)
-
-    @staticmethod
-    def backward(ctx, grad):  # counting is forward-only
-        raise NotImplementedError('SKA marker for FLOP counting has no backward')
-
-
 def _ska_handle(inputs, outputs) -> Counter:
+    # lkconv::small_kernel_aggregation(x (B, C, H, W), weight (B, G, K*K, H, W))
     b, c, h, w = _shape(inputs[0])
     taps = _shape(inputs[1])[2]
     return Counter({f'{_MACS}/ska': b * c * taps * h * w, f'{_ACTS}/ska': b * c * h * w})
-
-
-@contextmanager
-def _countable(model: nn.Module) -> Iterator[None]:
-    """Trace depthwise convs as aten convolutions and each SKA module as one `_SmallKernelAggregationOp`."""
-    ska_modules = [m for m in model.modules() if isinstance(m, SKA)]
-    for m in ska_modules:
-        m.forward = _SmallKernelAggregationOp.apply  # instance attribute, shadows SKA.forward
-    try:
-        with layer_backends(depthwise='torch'):
-            yield
-    finally:
-        for m in ska_modules:
-            del m.forward
 
 
 # ----------------------------------------------------------------------------------------- the table
@@ -244,7 +218,7 @@ def _handles() -> Dict[str, Optional[Handle]]:
         handles[name] = _with_activations(op, macs) if is_layer else macs
     handles['aten::scaled_dot_product_attention'] = _scaled_attention_handle
     handles['aten::avg_pool2d'] = _avg_pool_handle
-    handles[f'prim::PythonOp.{_SmallKernelAggregationOp.__name__}'] = _ska_handle
+    handles[SKA_OP] = _ska_handle
     for op in _FFT_OPS:
         handles[f'aten::fft_{op}'] = _fft_handle(op)
     for op in _ELEMENTWISE_OPS:
@@ -295,7 +269,7 @@ def count_flops(model: nn.Module, input_size: Tuple[int, ...], batch_size: int =
     model.eval()
     logging.getLogger('fvcore').setLevel(logging.ERROR)  # `not_counted` carries what it would warn about
     try:
-        with _countable(model), torch.no_grad(), warnings.catch_warnings():
+        with layer_backends(depthwise='torch', ska='torch'), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # tracer and deprecation warnings about jit.trace
             analysis = JitModelAnalysis(model, (x,)).set_op_handle(**_handles())
             analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..training.checkpoint import atomic_write_text
+from ..utils import atomic_write_text
 from . import kernels
 
 __all__ = ['write_report', 'summarize', 'TARGETS']

@@ -27,12 +27,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from .options import KERNEL_MODELS
 from . import kernels
 
 __all__ = ['CheckSettings', 'Section', 'SECTIONS', 'KERNEL_MODELS', 'E2E_MODELS', 'E2E_REFERENCES']
 
 # the models whose convolutions the kernel sections check and time
-KERNEL_MODELS = ('unireplknet_t', 'van_b2', 'lsnet_t', 'inceptionnext_tiny')
 # end to end: zoo models (run with the kernels off and on) and timm references
 E2E_MODELS = ('unireplknet_t', 'inceptionnext_tiny', 'van_b2', 'lsnet_t', 'fdconv_resnet50')
 E2E_REFERENCES = ('convnext_tiny', 'resnet50')
@@ -244,7 +244,7 @@ class EndToEnd(Section):
 
     def run(self, item, state, settings):
         from .benchmark import ModelSpec, describe_run, run_benchmark
-        from ..models import list_models
+        from ..zoo import list_models
         bench = self._settings(settings, item['compiled'], item['backend'])
         source = 'lkconv' if item['model'] in list_models() else 'timm'
         result = run_benchmark([ModelSpec(item['model'], source)], bench)

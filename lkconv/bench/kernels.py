@@ -19,26 +19,26 @@ Roofline (specs/performance.md section 8): FLOPs = 2 * MACs * 3 (forward, input 
 padded taps counted; ideal traffic = every activation tensor read or written once per pass; the kernels
 accumulate in fp32 on CUDA cores, so the compute ceiling is the fp32 FMA rate.
 """
-import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..utils import relative_error
+from .options import KERNEL_DTYPES
+
 __all__ = [
     'DTYPES', 'TOLERANCE', 'KernelCase', 'model_cases', 'shrink_cases', 'check_case', 'time_case', 'torch_paths',
-    'roofline_for', 'case_cost', 'selection_rows', 'table_entries', 'main',
+    'roofline_for', 'case_cost', 'selection_rows', 'table_entries', 'run',
 ]
 
-DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in KERNEL_DTYPES}
 # norm-wise relative error allowed against the float64 reference: a few roundings of an fp32-accumulated result
 TOLERANCE = {'float32': 1e-5, 'float16': 2e-3, 'bfloat16': 1.6e-2}
 LAYOUTS = ('nchw', 'channels_last')
@@ -117,7 +117,6 @@ def model_cases(models: Sequence[str], img_size: int = 224, forms: Sequence[str]
     import timm
     from timm.utils import reparameterize_model
 
-    import lkconv  # noqa: F401  (registers the models)
     from lkconv.layers import SKA, DepthwiseConv2d
 
     found: List[KernelCase] = []
@@ -196,8 +195,8 @@ def _parse_path(path: str) -> Tuple[str, Optional[str], str]:
 def _forward(case: KernelCase, backend: str) -> Callable:
     if case.op == 'ska':
         from lkconv.kernels.ops import triton_small_kernel_aggregation
-        from lkconv.layers.ska import _torch_ska
-        return _torch_ska if backend == 'torch' else triton_small_kernel_aggregation
+        import lkconv.layers  # noqa: F401  (defines the PyTorch SKA operator)
+        return torch.ops.lkconv.small_kernel_aggregation if backend == 'torch' else triton_small_kernel_aggregation
     geometry = (case.stride, case.padding, case.dilation)
     if backend == 'torch':
         return lambda x, w, b=None: F.conv2d(x, w, b, *geometry, groups=case.channels)
@@ -238,11 +237,6 @@ def _step(forward: Callable, inputs: Sequence[torch.Tensor], grad: torch.Tensor)
 _OUTPUTS = ('out', 'grad_input', 'grad_weight', 'grad_bias')
 
 
-def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    difference = (actual.double() - expected).norm().item()
-    return difference / max(expected.norm().item(), 1e-30)
-
-
 def check_case(case: KernelCase, dtype: str, layout: str, device: torch.device, batch: int = 2, seed: int = 0
                ) -> Dict:
     """Triton forward and gradients against float64 PyTorch on the same (rounded) inputs, on `device`."""
@@ -256,7 +250,7 @@ def check_case(case: KernelCase, dtype: str, layout: str, device: torch.device, 
     actual = _step(_forward(case, 'triton'), inputs, grad)
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
-    errors = {name: _relative_error(a, e) for name, a, e in zip(_OUTPUTS, actual, reference)}
+    errors = {name: relative_error(a, e, norm='l2') for name, a, e in zip(_OUTPUTS, actual, reference)}
     worst = max(errors.values())
     layout_kept = is_channels_last(actual[0]) == is_channels_last(inputs[0])
     dtype_kept = all(a.dtype == torch_dtype for a in actual)
@@ -399,25 +393,9 @@ def format_speed(results: Sequence[Dict]) -> List[str]:
     return lines
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description='Triton depthwise-conv and SKA kernels against PyTorch at the models\' own convolutions: '
-                    'correctness (all dtypes, both layouts) and forward+backward speed.')
-    p.add_argument('--models', nargs='+', default=['unireplknet_t', 'van_b2', 'lsnet_t', 'inceptionnext_tiny'])
-    p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--batch', type=int, default=128, help='batch of the timed steps')
-    p.add_argument('--dtype', choices=list(DTYPES), default='bfloat16', help='dtype of the timed steps')
-    p.add_argument('--warmup', type=int, default=3)
-    p.add_argument('--rounds', type=int, default=20, help='timed steps per path')
-    p.add_argument('--json', type=Path, help='write every check and measurement, and the selection rows, here')
-    p.add_argument('--emit-table', action='store_true', help='print entries for lkconv/kernels/selection.py')
-    p.add_argument('--smoke', action='store_true',
-                   help='CPU under TRITON_INTERPRET=1: tiny shapes, one timed step per path')
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    """`lkconv bench-kernels`: check the kernels at the models' convolutions, then time them; 1 if a check
+    fails. `args` holds the options that `lkconv.bench.commands` defines."""
     if args.smoke:
         from lkconv.kernels.launch import interpreting
         if not interpreting():
@@ -455,7 +433,3 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps(dict(device=device_name, arch=arch, roofline=roofline, checks=checks,
                                              speed=results, selection_rows=rows), indent=1) + '\n')
     return 1 if failed else 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

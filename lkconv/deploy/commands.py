@@ -1,4 +1,5 @@
-"""Deployment commands: `lkconv reparam` (deploy-form checkpoint) and `lkconv export` (ONNX, checked).
+"""Deployment commands: `lkconv reparam` (deploy-form checkpoint), `lkconv export` (ONNX, checked) and
+`lkconv hub-export` (a timm hub folder).
 
 torch, timm and the models are imported inside the command functions: see `lkconv.cli`.
 """
@@ -42,7 +43,7 @@ def _forward(model, x, args, name: str):
 def cmd_reparam(args) -> int:
     import torch
     from timm.utils import reparameterize_model
-    from ..bench.benchmark import count_params
+    from ..utils import count_params
     from ..zoo.deploy_checkpoint import save_deploy_checkpoint
     from .onnx_export import relative_error
     model, data_config, name = _load(args, reparam=False, out_example=f'{args.model or "model"}_deploy.pth')
@@ -81,15 +82,45 @@ def cmd_export(args) -> int:
     return 0 if error <= args.tolerance else 1
 
 
-def _add_model_arguments(p) -> None:
+def cmd_hub_export(args) -> int:
+    from ..zoo.checkpoints import LABEL_NAMES, CheckpointError, load_checkpoint
+    from ..zoo.deploy_checkpoint import is_deploy_checkpoint
+    from ..zoo.loading import LoadOptions, load_eval_model
+    from .hub_export import check_hub_target, save_hub_folder
+    if not (args.checkpoint or args.pretrained):
+        raise SystemExit("lkconv hub-export: give --checkpoint (a training run's checkpoint or a weights file) "
+                         'or --pretrained')
+    try:
+        check_hub_target(Path(args.out))  # before any work
+        if args.checkpoint and is_deploy_checkpoint(load_checkpoint(args.checkpoint)):
+            raise CheckpointError(f"'{args.checkpoint}' is a deploy checkpoint, whose fused weights timm cannot "
+                                  'build from config.json; export the training checkpoint it was made from')
+        model, data_config, name = load_eval_model(LoadOptions(
+            model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, num_classes=args.num_classes,
+            use_ema=args.use_ema))
+        path = save_hub_folder(model, data_config, args.out)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise SystemExit(f'lkconv hub-export: {e}')
+    classes = 'with their names' if data_config.get(LABEL_NAMES) else 'no class names stored'
+    print(f"{name}: wrote {path} ({', '.join(sorted(p.name for p in path.iterdir()))}): {model.num_classes} "
+          f"classes, {classes}; input {tuple(data_config['input_size'])}")
+    print(f"load with: import lkconv, timm; timm.create_model('local-dir:{path}', pretrained=True)")
+    return 0
+
+
+def _add_weights_arguments(p, checkpoints: str = 'lkconv training checkpoint, deploy checkpoint') -> None:
+    """Which model, with which weights: what `lkconv.zoo.commands.load_model` reads."""
     p.add_argument('model', nargs='?', default=None,
-                   help='timm model name (optional when the checkpoint is an lkconv training or deploy checkpoint)')
-    p.add_argument('--checkpoint', default=None,
-                   help='lkconv training checkpoint, deploy checkpoint, official or timm weights file')
+                   help=f'timm model name (optional when the checkpoint is an {checkpoints.replace(", ", " or ")})')
+    p.add_argument('--checkpoint', default=None, help=f'{checkpoints}, official or timm weights file')
     p.add_argument('--pretrained', action='store_true', help='the published weights')
     p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
     p.add_argument('--num-classes', type=non_negative_int, default=None,
                    help="classifier size of a plain weights file (default: the model's)")
+
+
+def _add_model_arguments(p) -> None:
+    _add_weights_arguments(p)
     p.add_argument('--img-size', type=positive_int, default=None,
                    help="input side in pixels (default: the model's evaluation input size)")
     p.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted relative error (exit 1 above)')
@@ -113,3 +144,12 @@ def add_commands(subparsers) -> None:
     p.add_argument('--opset', type=int, default=None, help="default: the installed exporter's")
     p.add_argument('--no-check', action='store_true', help='skip the onnxruntime comparison')
     p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser(
+        'hub-export', help='write a model, its preprocessing and class names as a timm hub folder',
+        description="Write the weights (model.safetensors) and config.json the way timm's save_for_hf does, with "
+                    "the run's preprocessing and class names, for timm.create_model('local-dir:DIR', "
+                    "pretrained=True) or an upload to the Hugging Face hub.")
+    _add_weights_arguments(p, checkpoints='lkconv training checkpoint (e.g. RUN/best.pth.tar)')
+    p.add_argument('--out', required=True, help='folder to create (must not exist, or be empty)')
+    p.set_defaults(func=cmd_hub_export)

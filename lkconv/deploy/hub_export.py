@@ -9,9 +9,7 @@ and `timm.data.resolve_data_config(model=model)` gives the same preprocessing; u
 
 The weights are those of the training form: that is the model timm builds from config.json (a deploy
 checkpoint's fused state_dict does not fit it, so deploy checkpoints are refused);
-`timm.utils.reparameterize_model` fuses after loading.
-
-torch, timm and the models are imported inside the functions: see `lkconv.cli`.
+`timm.utils.reparameterize_model` fuses after loading. The command is in `lkconv.deploy.commands`.
 """
 import os
 import shutil
@@ -19,10 +17,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, Union
 
-__all__ = ['save_hub_folder', 'add_commands']
+__all__ = ['save_hub_folder', 'check_hub_target']
 
 
-def _check_target(out: Path) -> None:
+def check_hub_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"'{out}' exists and is not an empty folder; choose a new one")
 
@@ -34,9 +32,9 @@ def save_hub_folder(model, data_config: Dict[str, Any], out: Union[str, Path]) -
     from timm.models import save_for_hf
 
     from ..zoo.deploy_checkpoint import split_label_names
-    from ..training.checkpoint import LABEL_NAMES
+    from ..zoo.checkpoints import LABEL_NAMES
     out = Path(out)
-    _check_target(out)
+    check_hub_target(out)
     preprocessing, label_names = split_label_names(data_config, model.num_classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target and renamed into place (a rename may replace an empty folder)
@@ -66,45 +64,3 @@ def _check_rebuilds(folder: Path, model) -> None:
     except (RuntimeError, TypeError) as e:  # weights that do not fit; an argument the constructor refuses
         raise ValueError(f'timm cannot rebuild {type(model).__name__} from the folder written: '
                          f"{' '.join(str(e).split())[:300]}") from e
-
-
-def cmd_hub_export(args) -> int:
-    from ..zoo.deploy_checkpoint import is_deploy_checkpoint
-    from ..training.checkpoint import LABEL_NAMES, CheckpointError, load_checkpoint
-    from ..training.validate import ValidateOptions, load_eval_model
-    if not (args.checkpoint or args.pretrained):
-        raise SystemExit("lkconv hub-export: give --checkpoint (a training run's checkpoint or a weights file) "
-                         'or --pretrained')
-    try:
-        _check_target(Path(args.out))  # before any work
-        if args.checkpoint and is_deploy_checkpoint(load_checkpoint(args.checkpoint)):
-            raise CheckpointError(f"'{args.checkpoint}' is a deploy checkpoint, whose fused weights timm cannot "
-                                  'build from config.json; export the training checkpoint it was made from')
-        model, data_config, name = load_eval_model(ValidateOptions(
-            model=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, num_classes=args.num_classes,
-            use_ema=args.use_ema))
-        path = save_hub_folder(model, data_config, args.out)
-    except (CheckpointError, ValueError, OSError) as e:
-        raise SystemExit(f'lkconv hub-export: {e}')
-    classes = 'with their names' if data_config.get(LABEL_NAMES) else 'no class names stored'
-    print(f"{name}: wrote {path} ({', '.join(sorted(p.name for p in path.iterdir()))}): {model.num_classes} "
-          f"classes, {classes}; input {tuple(data_config['input_size'])}")
-    print(f"load with: import lkconv, timm; timm.create_model('local-dir:{path}', pretrained=True)")
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'hub-export', help='write a model, its preprocessing and class names as a timm hub folder',
-        description="Write the weights (model.safetensors) and config.json the way timm's save_for_hf does, with "
-                    "the run's preprocessing and class names, for timm.create_model('local-dir:DIR', "
-                    "pretrained=True) or an upload to the Hugging Face hub.")
-    p.add_argument('model', nargs='?', default=None,
-                   help='timm model name (optional for an lkconv training checkpoint)')
-    p.add_argument('--checkpoint', default=None,
-                   help='lkconv training checkpoint (e.g. RUN/best.pth.tar), official or timm weights file')
-    p.add_argument('--pretrained', action='store_true', help='the published weights')
-    p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
-    p.add_argument('--num-classes', type=int, default=None, help='class count of a weights file')
-    p.add_argument('--out', required=True, help='folder to create (must not exist, or be empty)')
-    p.set_defaults(func=cmd_hub_export)

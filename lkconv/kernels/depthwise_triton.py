@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends import check_depthwise_inputs
 from .geometry import depthwise_output_shape, empty_in_layout_of, is_channels_last
 from .launch import TileConfig, default_tile, device_guard, interpreting, next_pow2, require_kernel_device
 
@@ -184,9 +185,7 @@ def default_weight_grad_config(c: int, kh: int, kw: int, outputs: int, channels_
 # ------------------------------------------------------------------------------------------ launchers
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
-    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] != x.shape[1]:
-        raise ValueError(f'depthwise kernels expect x (N, C, H, W) and weight (C, 1, KH, KW), '
-                         f'got {list(x.shape)} and {list(weight.shape)}')
+    check_depthwise_inputs(x, weight)
     require_kernel_device(x)
 
 

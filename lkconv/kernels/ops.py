@@ -1,4 +1,4 @@
-"""The Triton kernels as PyTorch custom ops, and the backend functions the layer registries call.
+"""The Triton kernels as PyTorch custom ops, and the backend functions registered in `lkconv.backends`.
 
 Ops (namespace `lkconv`), each with a fake implementation, so that torch.compile traces them as single
 graph nodes with known output shapes and strides, and FakeTensor / meta propagation works:

@@ -11,7 +11,7 @@ A call runs on Triton only if all of these hold:
   on the same input layout.
 
 The shipped table is empty: no GPU measurement exists yet, so 'auto' keeps PyTorch everywhere until
-`make gpu-check` (or `scripts/bench_kernels.py --emit-table`) has run on a GPU and its entries are pasted
+`make gpu-check` (or `lkconv bench-kernels --emit-table`) has run on a GPU and its entries are pasted
 below (or its `kernels.json` rows loaded at run time with `add_speedups`). `set_depthwise_backend('triton')` / `set_ska_backend('triton')` force the
 kernels regardless of the table.
 """
@@ -89,7 +89,7 @@ def prefers_triton(points: Optional[Points], h: int, w: int, margin: float = SPE
 def add_speedups(rows: Iterable[Tuple[Case, int, int, float]]) -> None:
     """Merge measurements (case, h, w, speedup) into the tables, replacing earlier ones at the same size.
 
-    Accepts the `selection_rows` of a GPU check's `kernels.json` (or `scripts/bench_kernels.py --json`) as
+    Accepts the `selection_rows` of a GPU check's `kernels.json` (or `lkconv bench-kernels --json`) as
     loaded from JSON (lists for tuples).
     """
     for case, h, w, speedup in rows:

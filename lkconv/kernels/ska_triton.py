@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends import check_ska_inputs
 from .geometry import empty_in_layout_of, is_channels_last
 from .launch import TileConfig, default_tile, device_guard, next_pow2, require_kernel_device
 
@@ -126,20 +127,10 @@ def _ska_wgrad_kernel(
 
 # ------------------------------------------------------------------------------------------ launchers
 
-def _kernel_size(weight: torch.Tensor) -> int:
-    k = int(round(weight.shape[2] ** 0.5))
-    if k * k != weight.shape[2] or k % 2 == 0:
-        raise ValueError(f'SKA weight must have an odd K*K taps on dim 2, got {weight.shape[2]}')
-    return k
-
-
 def _check(x: torch.Tensor, weight: torch.Tensor) -> int:
-    b, c, h, w = x.shape
-    if weight.dim() != 5 or weight.shape[0] != b or tuple(weight.shape[3:]) != (h, w) or c % weight.shape[1]:
-        raise ValueError(f'SKA kernels expect x (B, C, H, W) and weight (B, G, K*K, H, W) with C % G == 0, '
-                         f'got {list(x.shape)} and {list(weight.shape)}')
+    k = check_ska_inputs(x, weight)
     require_kernel_device(x)
-    return _kernel_size(weight)
+    return k
 
 
 def _grid(cfg: TileConfig, channels: int, b: int, h: int, w: int):

@@ -5,69 +5,23 @@ folder, flushed to disk and renamed over the target: a reader sees the old file 
 partial one. A checkpoint holds everything `--resume` needs to continue exactly where the run stopped;
 its `state_dict` / `state_dict_ema` keys are the ones timm's own loaders read.
 """
-import os
-import shutil
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 from timm.utils import unwrap_model
 
-from .run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT
+from ..utils import TEMP_MARK, atomic_write
+from ..zoo.checkpoints import LABEL_NAMES, CheckpointError, load_checkpoint
 
 __all__ = [
-    'CHECKPOINT_VERSION', 'CheckpointError', 'LABEL_NAMES', 'atomic_copy', 'atomic_write', 'atomic_write_text',
-    'check_resumable', 'load_checkpoint', 'make_checkpoint', 'remove_temp_files', 'restore_checkpoint',
+    'CHECKPOINT_VERSION', 'CheckpointError', 'LABEL_NAMES', 'check_resumable', 'load_checkpoint', 'make_checkpoint', 'remove_temp_files', 'restore_checkpoint',
     'save_checkpoint',
 ]
 
 CHECKPOINT_VERSION = 1
-LABEL_NAMES = 'label_names'  # the training set's class names, one per output; timm's pretrained-cfg name
-_TEMP_MARK = '.tmp-'
 PathLike = Union[str, Path]
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f'.{path.name}{_TEMP_MARK}{os.getpid()}')
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`."""
-    path = Path(path)
-    temp = _temp_path(path)
-    try:
-        with open(temp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # not every file system lets a directory be opened or synced
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
-def atomic_copy(source: PathLike, target: PathLike) -> None:
-    def copy(f: BinaryIO) -> None:
-        with open(source, 'rb') as src:
-            shutil.copyfileobj(src, f)
-    atomic_write(target, copy)
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
@@ -76,43 +30,9 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
 
 def remove_temp_files(folder: PathLike) -> None:
     """Delete temporary files left by a process killed while writing."""
-    for path in Path(folder).glob(f'.*{_TEMP_MARK}*'):
+    for path in Path(folder).glob(f'.*{TEMP_MARK}*'):
         if path.is_file():
             path.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a checkpoint onto the CPU; a missing, truncated or foreign file raises CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        best = path.with_name(BEST_CHECKPOINT)
-        hint = f"; '{best}' beside it may be intact" if path.name == LAST_CHECKPOINT and best.is_file() else ''
-        raise CheckpointError(f"checkpoint '{path}' cannot be read: {_unreadable_reason(path, e)}{hint}") from e
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict")
-    return checkpoint
-
-
-def _unreadable_reason(path: Path, error: Exception) -> str:
-    """What a file that torch.load refused is, in a few words."""
-    with open(path, 'rb') as f:
-        head = f.read(256)
-    first_sentence = str(error).strip().split('. ')[0].splitlines()[0] if str(error).strip() else type(error).__name__
-    if not head:
-        return 'the file is empty'
-    if head.startswith(b'PK'):  # torch.save's zip format
-        return f'it is truncated or damaged ({first_sentence})'
-    try:
-        text = head.decode('utf-8')
-    except UnicodeDecodeError:
-        text = None
-    if text is not None and '\0' not in text:
-        return f"it is a text file, not a PyTorch checkpoint (it begins {text.strip()[:40]!r})"
-    return f'not a PyTorch checkpoint ({first_sentence})'
 
 
 def check_resumable(checkpoint: Dict[str, Any], path: PathLike) -> None:

@@ -4,7 +4,6 @@ Importing this module does not import torch or timm (`lkconv --help` stays fast)
 what they run when they run.
 """
 import argparse
-import csv
 import json
 import logging
 import os
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import get_args, get_origin
 
+from ..utils import atomic_write_text, csv_text
 from .config import config_keys
 from .run_folder import RESUME_LATEST
 
@@ -144,13 +144,8 @@ def cmd_validate(args) -> int:
     print(json.dumps(result, indent=2))
     if args.results_file:
         path = Path(args.results_file)
-        if path.suffix == '.csv':
-            with open(path, 'w', newline='') as f:
-                writer = csv.DictWriter(f, fieldnames=list(result))
-                writer.writeheader()
-                writer.writerow(result)
-        else:
-            path.write_text(json.dumps(result, indent=2) + '\n')
+        text = csv_text([result], result) if path.suffix == '.csv' else json.dumps(result, indent=2) + '\n'
+        atomic_write_text(path, text)
     return 0
 
 

@@ -14,13 +14,14 @@ built model or the data (`config_problem`), name the same file and line.
 Importing this module does not import torch or timm (the command line reads the key names from it).
 """
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+from ..utils import close_matches
 
 __all__ = [
     'Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'OutputConfig', 'SchedConfig',
@@ -208,7 +209,7 @@ def config_problem(config: Config, key: str, problem: str) -> str:
 
 def _closest(name: str, candidates: Sequence[str]) -> str:
     """The candidate most similar to `name` (there always is one)."""
-    return (difflib.get_close_matches(name, candidates, n=1, cutoff=0.0) or [candidates[0]])[0]
+    return (close_matches(name, candidates, n=1, cutoff=0.0) or [candidates[0]])[0]
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -462,7 +463,7 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
                         f"did you mean '{_closest(data.dataset, EMBEDDED_DATASETS)}'?")
     if not check_files:
         return problems
-    from .distributed import device_problem
+    from ..utils import device_problem
     problem = device_problem(config.train.device)
     if problem:
         problems.append(f"{where('train.device')}: train.device: {problem}")
@@ -492,18 +493,23 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
 def _unknown_optimizer_problem(opt: str) -> Optional[str]:
     # timm's optimizer factory reads 'lookahead_NAME' as NAME wrapped in Lookahead
     from timm.optim import list_optimizers
-    from ..zoo.names import did_you_mean
+    from ..utils import did_you_mean
     names = list_optimizers()
     if opt.lower().split('_')[-1] in names:
         return None
     return f"unknown optimizer '{opt}'{did_you_mean(opt.lower(), names)} (timm.optim.list_optimizers() lists them all)"
 
 
+# the folder names timm's create_dataset also accepts for a training / an evaluation split
+_SPLIT_SYNONYMS = (('train', 'training'), ('val', 'valid', 'validation', 'eval', 'evaluation'))
+
+
 def _split_exists(root: Path, split: str) -> bool:
-    # timm looks for the split's folder (or a synonym: val/valid/validation/...) and silently falls back
-    # to the root itself, which would read the split folders as classes
-    from timm.data.dataset_factory import _search_split
-    if _search_split(str(root), split) != str(root):
+    # timm looks for the split's folder (or a synonym) and silently falls back to the root itself, which
+    # would read the split folders as classes
+    name = split.split('[')[0]  # 'train[:90%]': a slice of the split
+    synonyms = next((names for names in _SPLIT_SYNONYMS if name in names), (name,))
+    if any((root / folder).exists() for folder in (name, *synonyms)):
         return True
     return any((root / f'{split}{ext}').is_file() for ext in ('.tar', '.tar.gz', '.tgz'))
 

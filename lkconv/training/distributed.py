@@ -13,7 +13,9 @@ import torch
 import torch.distributed as dist
 from timm.utils.distributed import init_distributed_device_so
 
-__all__ = ['DistributedContext', 'device_problem', 'setup_distributed', 'resolve_device_name']
+from ..utils import resolve_device_name
+
+__all__ = ['DistributedContext', 'setup_distributed']
 
 
 @dataclass(frozen=True)
@@ -52,36 +54,6 @@ class DistributedContext:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resolve_device_name(device: str) -> str:
-    """`auto` becomes cuda when a GPU is visible, else cpu."""
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return device
-
-
-def device_problem(device: str) -> Optional[str]:
-    """What is wrong with a device name on this machine (an unknown name, or no such device here); None if
-    it can be used."""
-    if device == 'auto':
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        return f"unknown device '{device}'; use auto, cpu, cuda or cuda:N"
-    if parsed.type == 'cpu':
-        return None
-    backend = getattr(torch, parsed.type, None)
-    if backend is None or not hasattr(backend, 'is_available'):
-        return f"'{device}' is not a device to run on; use auto, cpu, cuda or cuda:N"
-    if not backend.is_available():
-        return f"'{device}', but this machine has no {parsed.type.upper()} device; use cpu or auto"
-    count = backend.device_count() if hasattr(backend, 'device_count') else 1
-    if parsed.index is not None and parsed.index >= count:
-        return f"'{device}', but this machine has {count} {parsed.type.upper()} device(s): {parsed.type}:0 to " \
-               f"{parsed.type}:{count - 1}"
-    return None
 
 
 def _torchrun_single_process() -> bool:

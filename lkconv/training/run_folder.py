@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..cli_args import unwritable_reason
+from ..zoo.checkpoints import BEST_CHECKPOINT, LAST_CHECKPOINT
 from .config import Config, ConfigError, config_problem
 
 __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATEST', 'RUN_FILES', 'RunFolderError',
            'resolve_run_folder', 'run_config_path']
 
-LAST_CHECKPOINT = 'last.pth.tar'
-BEST_CHECKPOINT = 'best.pth.tar'
 RESOLVED_CONFIG = 'config.yaml'
 RUN_FILES = (RESOLVED_CONFIG, 'train.log', 'summary.csv', LAST_CHECKPOINT, BEST_CHECKPOINT)
 RESUME_LATEST = 'auto'  # `--resume` without a path: the run folder named by output.dir/output.experiment

@@ -3,11 +3,10 @@
 On resume, rows of epochs after the checkpoint are dropped: those epochs are trained again.
 """
 import csv
-import io
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .checkpoint import atomic_write_text
+from ..utils import atomic_write_text, csv_text
 
 __all__ = ['SUMMARY_COLUMNS', 'EpochSummary']
 
@@ -34,8 +33,4 @@ class EpochSummary:
         self.write()
 
     def write(self) -> None:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator='\n')
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.path, text.getvalue())
+        atomic_write_text(self.path, csv_text(self.rows, SUMMARY_COLUMNS))

@@ -27,7 +27,6 @@ import os
 import shlex
 import time
 from contextlib import contextmanager, nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -45,10 +44,11 @@ from .data import (
     DataFolderError, class_difference, class_names, create_eval_loader, create_mixup, create_train_loader,
     dataset_splits, empty_class_folder_problem, loader_sampler, prepare_dataset_dir, resolve_eval_data_config,
 )
+from ..utils import atomic_copy, atomic_write_text, autocast_factory, count_params
+from ..zoo.loading import model_arguments
 from ..zoo.weights import explain_download_failure
 from .checkpoint import (
-    atomic_copy, atomic_write_text, check_resumable, load_checkpoint, make_checkpoint, remove_temp_files,
-    restore_checkpoint, save_checkpoint,
+    check_resumable, load_checkpoint, make_checkpoint, remove_temp_files, restore_checkpoint, save_checkpoint,
 )
 from .distillation import create_teacher
 from .distributed import DistributedContext, setup_distributed
@@ -90,9 +90,7 @@ def resolve_lr(config: Config, global_batch: int) -> float:
 def _model_arguments(config: Config) -> Dict[str, Any]:
     """timm.create_model's keyword arguments for the config's model, weights aside."""
     model_cfg = config.model
-    optional = dict(num_classes=model_cfg.num_classes, in_chans=model_cfg.in_chans)
-    arguments = dict(drop_rate=model_cfg.drop_rate, drop_path_rate=model_cfg.drop_path_rate,
-                     **{k: v for k, v in optional.items() if v is not None})
+    arguments = model_arguments(dict(dataclasses.asdict(model_cfg), kwargs={}))
     duplicates = sorted(set(arguments) & set(model_cfg.kwargs))
     if duplicates:  # would be a TypeError of create_model
         raise ConfigError([config_problem(config, 'model.kwargs', f"{', '.join(duplicates)}: set by model."
@@ -314,7 +312,7 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
     if meta_model is None:  # the class count is checked only now
         _check_classes(config, train_set, None, num_classes)
     data_config = resolve_eval_data_config(data_cfg, model)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     logger.info(f'model {config.model.name}: {n_params:,} parameters, {num_classes} classes, input '
                 f'{tuple(data_config["input_size"])}')
     model.to(ctx.device)
@@ -342,8 +340,7 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
                                     momentum=optim.momentum, layer_decay=optim.layer_decay, **opt_kwargs)
     use_cuda = ctx.device.type == 'cuda'
     amp_dtype = torch.float16 if train_cfg.amp_dtype == 'float16' else torch.bfloat16
-    autocast = partial(torch.autocast, device_type=ctx.device.type, dtype=amp_dtype) if train_cfg.amp \
-        else nullcontext
+    autocast = autocast_factory(ctx.device.type, amp_dtype if train_cfg.amp else None)
     loss_scaler = NativeScaler(device=ctx.device.type) if train_cfg.amp and amp_dtype == torch.float16 \
         and use_cuda else None
     model_ema = ModelEmaV3(model, decay=train_cfg.model_ema_decay, use_warmup=train_cfg.model_ema_warmup) \

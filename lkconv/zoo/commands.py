@@ -1,10 +1,9 @@
-"""Zoo commands: `lkconv list`, `lkconv info`, `lkconv demo`.
+"""Zoo commands: `lkconv list`, `lkconv info`.
 
 torch, timm and the models are imported inside the command functions: see `lkconv.cli`.
 """
 from typing import Any, Dict, Optional, Tuple
 
-from ..cli_args import positive_int
 
 
 def resolve_model_name(name: str, command: str) -> str:
@@ -21,9 +20,9 @@ def load_model(args, command: str, name: Optional[str], reparam: bool) -> Tuple[
     (an lkconv training or deploy checkpoint, which also gives the architecture, or an official / timm file),
     --pretrained, or neither (random init). Reads `args.checkpoint`, `pretrained`, `num_classes`, `use_ema`
     and `img_size`; exits with one line on a bad checkpoint or a failed download."""
-    from ..training.checkpoint import CheckpointError
-    from ..training.validate import ValidateOptions, load_eval_model
-    options = ValidateOptions(
+    from .checkpoints import CheckpointError
+    from .loading import LoadOptions, load_eval_model
+    options = LoadOptions(
         model=name, checkpoint=args.checkpoint, pretrained=args.pretrained,
         random_init=not (args.checkpoint or args.pretrained), num_classes=args.num_classes, use_ema=args.use_ema,
         img_size=args.img_size, reparam=reparam)
@@ -49,7 +48,7 @@ def cmd_list(args) -> None:
 
 def cmd_info(args) -> None:
     import timm
-    from ..bench.benchmark import count_params
+    from ..utils import count_params
     name = resolve_model_name(args.model, 'info')
     model = timm.create_model(name, device='meta')
     cfg = model.pretrained_cfg
@@ -60,39 +59,6 @@ def cmd_info(args) -> None:
     print(f'features:    {features}')
     print(f'pretrained:  {", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')
     print(f'license:     {cfg.get("license")}; paper {cfg.get("paper_ids")}')
-
-
-def cmd_demo(args) -> None:
-    """List the zoo, then build one model and run it on a batch, reporting size, FLOPs and timing."""
-    import timm
-    import torch
-    from .. import __version__
-    from ..bench.benchmark import count_gmacs, count_params, time_forward
-    from ..models import list_models
-    name = resolve_model_name(args.model, 'demo')
-    names = list_models()
-    print(f'lkconv {__version__}: {len(names)} models registered with timm')
-    for zoo_name in names:
-        print(f'  {zoo_name:<28} {count_params(timm.create_model(zoo_name, device="meta")) / 1e6:8.2f} M params')
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
-    size = model.pretrained_cfg['input_size']
-    x = torch.randn(args.batch_size, *size)
-    print(f'\n{name}: {count_params(model):,} parameters, '
-          f'{count_gmacs(model, size):.3f} GMACs per {size[1]}x{size[2]} image (fvcore)')
-    with torch.no_grad():
-        logits = model(x)
-    print(f'forward of a {tuple(x.shape)} batch -> logits {tuple(logits.shape)}, '
-          f'top-1 class ids {logits.argmax(-1).tolist()}')
-    timing = time_forward(model, x)
-    print(f'CPU eval forward, fp32, batch {args.batch_size}: median {timing.median * 1e3:.1f} ms '
-          f'({timing.samples_per_sec:.1f} img/s over {len(timing.step_times)} runs)')
-    deployed = timm.utils.reparameterize_model(model)
-    with torch.no_grad():
-        gap = (deployed(x) - logits).abs().max().item()
-    fused = time_forward(deployed, x)
-    print(f're-parameterised: {count_params(deployed):,} parameters, max |logit difference| {gap:.2e}, '
-          f'median {fused.median * 1e3:.1f} ms ({timing.median / fused.median:.2f}x the training form speed)')
 
 
 def add_commands(subparsers) -> None:
@@ -108,8 +74,3 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser('info', help='architecture facts and pretrained tags of a model')
     p.add_argument('model', help="a model name, e.g. unireplknet_t (timm's models too)")
     p.set_defaults(func=cmd_info)
-
-    p = subparsers.add_parser('demo', help='list the zoo, build a model and run it on a batch')
-    p.add_argument('--model', default='unireplknet_a', help='model to build and run')
-    p.add_argument('-b', '--batch-size', type=positive_int, default=4, help='images in the batch')
-    p.set_defaults(func=cmd_demo)

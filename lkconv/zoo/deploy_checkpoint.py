@@ -26,7 +26,8 @@ import torch.nn as nn
 from timm.models import get_model_args
 from timm.utils import reparameterize_model
 
-from ..training.checkpoint import LABEL_NAMES, CheckpointError, atomic_write
+from ..utils import atomic_write
+from .checkpoints import LABEL_NAMES, CheckpointError
 
 __all__ = ['is_deploy_checkpoint', 'save_deploy_checkpoint', 'create_deploy_model', 'load_deploy_model',
            'split_label_names']

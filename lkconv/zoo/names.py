@@ -5,21 +5,14 @@ Every command that takes a model name goes through here, so a misspelling gets t
 Names within the lkconv zoo are answered from `lkconv.zoo.index`, without importing timm (seconds), so that
 `lkconv list` is quick; timm is imported for the first name that leaves the zoo.
 """
-import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
+from ..utils import did_you_mean
 from . import index
 
-__all__ = ['did_you_mean', 'check_model_name', 'ModelSpec', 'resolve_models', 'pretrained_names']
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """'; did you mean: a, b' with up to five distinct close matches of `name` among `choices`, or ''."""
-    unique = list(dict.fromkeys(choices))  # the zoo's names are also timm's: list each once
-    close = difflib.get_close_matches(name, unique, n=5, cutoff=0.5)
-    return f"; did you mean: {', '.join(close)}" if close else ''
+__all__ = ['check_model_name', 'ModelSpec', 'resolve_models', 'pretrained_names']
 
 
 def _is_known(name: str) -> bool:

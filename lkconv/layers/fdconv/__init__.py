@@ -6,8 +6,8 @@
 * `fbm`: Frequency Band Modulation of the feature map;
 * `convert`: turning any model's convolutions (and their state dicts) into FDConv.
 """
-from .conv import FDConv, fdconv_applies, official_fdconv_key, real_fft2_macs
+from .conv import FDConv, fdconv_applies, official_fdconv_key
 from .convert import convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
 
-__all__ = ['FDConv', 'fdconv_applies', 'official_fdconv_key', 'real_fft2_macs', 'to_fdconv', 'convert_to_fdconv',
+__all__ = ['FDConv', 'fdconv_applies', 'official_fdconv_key', 'to_fdconv', 'convert_to_fdconv',
            'convert_state_dict_to_fdconv']

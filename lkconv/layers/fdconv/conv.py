@@ -31,18 +31,18 @@ Given the same parameters it computes the official layer's output (official stat
   (`att_grid`, `use_fdconv_if_stride_in`, `fs_feat`, `global_selection`) are not implemented.
 """
 import math
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_module, to_2tuple
 
 from .fbm import FrequencyBandModulation
 from .ksm import KernelSpatialModulationGlobal, KernelSpatialModulationLocal, modulation_act
 from .weight import fourier_scale, frequency_groups, spatial_to_fourier, synthesize_weight
 
-__all__ = ['FDConv', 'fdconv_applies', 'official_fdconv_key', 'real_fft2_macs']
+__all__ = ['FDConv', 'fdconv_applies', 'official_fdconv_key']
 
 _IntOrPair = Union[int, Tuple[int, int]]
 
@@ -65,10 +65,6 @@ def official_fdconv_key(key: str) -> str:
     return key
 
 
-def _pair(value: _IntOrPair) -> Tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
-
-
 def fdconv_applies(
         in_channels: int,
         out_channels: int,
@@ -80,20 +76,11 @@ def fdconv_applies(
 ) -> bool:
     """The official activation rule (min channels > 16, kernel size in (1, 3)), plus what the FD path needs:
     groups = 1, a square kernel and zero padding."""
-    kh, kw = _pair(kernel_size)
+    kh, kw = to_2tuple(kernel_size)
     return (
         min(in_channels, out_channels) > use_fdconv_if_c_gt and kh in tuple(use_fdconv_if_k_in) and kh == kw
         and groups == 1 and padding_mode == 'zeros'
     )
-
-
-def real_fft2_macs(height: int, width: int) -> float:
-    """MACs of one real 2-D FFT (rfft2 or irfft2) over a height x width grid: 1.25 * N * log2(N), N = H*W.
-
-    The usual 5 N log2 N flops of a complex FFT, halved for real data, at 2 flops per multiply-add.
-    """
-    points = height * width
-    return 1.25 * points * math.log2(points) if points > 1 else 0.
 
 
 # fx: one leaf call (how the attentions are applied depends on the feature map size, a Python-level branch)
@@ -304,54 +291,3 @@ class FDConv(nn.Conv2d):
             x.reshape(1, batch * in_chs, height, width), weight.reshape(batch * out_chs, in_chs, k, k),
             None, self.stride, self.padding, self.dilation, groups=batch)
         return out.reshape(batch, out_chs, out.shape[-2], out.shape[-1])
-
-    def macs(self, input_shape: Sequence[int]) -> Dict[str, int]:
-        """Multiply-accumulates of one forward call on an input of shape (B, Cin, H, W), by component.
-
-        The convention of fvcore (and timm's GMACs): one multiply-add = 1; convolutions and FFTs count,
-        elementwise products (the band, channel, filter, spatial and local attentions applied to the
-        weight, FBM's masks and gains), activations, poolings and the normalisations of the pooled
-        vectors do not. FFTs count `real_fft2_macs` (1.25 N log2 N for N points) per transform.
-            'conv':             the per-sample conv, B * Cout * Cin * k^2 * H' * W';
-            'ksm_global':       the global KSM MLP on the pooled input, B * A * (Cin + heads), where
-                                heads = Cin + Cout + k^2 + n*P for the heads present;
-            'ksm_local':        the local KSM Conv1d, B * Cout * k^2 * Cin * t;
-            'weight_synthesis': one irfft2 over (Cout*k) x (Cin*k) per sample;
-            'fbm':              one rfft2 and len(k_list) irfft2 over H x W per channel and sample, and
-                                the 3x3 attention convs, B * Cin * 9 * H * W each.
-        'total' is their sum. A plain (inactive) layer counts only 'conv'.
-        """
-        batch, in_chs, height, width = input_shape
-        out_h, out_w = self._output_size(height, width)
-        k = self.kernel_size[0]
-        out_chs = self.out_channels
-        conv = batch * out_chs * (in_chs // self.groups) * self.kernel_size[0] * self.kernel_size[1] * out_h * out_w
-        counts = dict(conv=conv)
-        if self.use_fdconv:
-            ksm = self.ksm_global
-            heads = sum(h.out_channels for h in (ksm.channel_fc, ksm.filter_fc, ksm.spatial_fc, ksm.kernel_fc)
-                        if h is not None)
-            counts['ksm_global'] = batch * ksm.fc.out_channels * (in_chs + heads)
-            counts['ksm_local'] = 0 if self.ksm_local is None else (
-                batch * out_chs * k * k * in_chs * self.ksm_local.conv.kernel_size[0])
-            counts['weight_synthesis'] = round(batch * real_fft2_macs(out_chs * k, in_chs * k))
-            counts['fbm'] = 0
-            if self.fbm is not None:
-                ffts = batch * in_chs * (1 + len(self.fbm.k_list)) * real_fft2_macs(height, width)
-                att_convs = len(self.fbm.band_convs) * batch * in_chs * 9 * height * width
-                counts['fbm'] = round(ffts + att_convs)
-        counts['total'] = sum(counts.values())
-        return counts
-
-    def _output_size(self, height: int, width: int) -> Tuple[int, int]:
-        if isinstance(self.padding, str):
-            if self.padding == 'same':
-                return height, width
-            padding = (0, 0)
-        else:
-            padding = self.padding
-        size = []
-        for length, pad, dil, kernel, stride in zip(
-                (height, width), padding, self.dilation, self.kernel_size, self.stride):
-            size.append((length + 2 * pad - dil * (kernel - 1) - 1) // stride + 1)
-        return size[0], size[1]
