@@ -1,6 +1,5 @@
 """FDConv: parity of the layer with the official one, conversion from spatial weights, the FDConv models,
-their pretrained path from base weights, and the layer's MAC rule."""
-import math
+their pretrained path from base weights, and what FLOP counting sees of the layer."""
 import re
 
 import pytest
@@ -8,13 +7,14 @@ import timm
 import torch
 import torch.nn as nn
 
+from lkconv.bench.flops import count_flops
 from lkconv.layers import FDConv, convert_state_dict_to_fdconv, convert_to_fdconv, to_fdconv
 from lkconv.layers.fdconv.fbm import band_masks
 from lkconv.layers.fdconv.ksm import ksm_local_kernel_size
 from lkconv.layers.fdconv.weight import frequency_groups, spatial_to_fourier, synthesize_weight
-from lkconv.models import FDConvResNet
+from lkconv.models import FDConvResNet, InceptionNeXt, UniRepLKNet
 from parity import create_from_official, load_fixture, rel_error
-from perturb import randomize_batchnorm
+from helpers import randomize_batchnorm
 
 PARITY_CASES = ['k3_64_64', 'k3_128_128_s2', 'k1_256_64', 'k1_64_256', 'k3_64_64_bias']
 
@@ -79,7 +79,7 @@ def test_plain_where_the_rule_says(args):
         out = conv(x)
         torch.testing.assert_close(layer(x), out)
     macs = 2 * conv.out_channels * (conv.in_channels // conv.groups) * conv.kernel_size[0] ** 2 * out[0, 0].numel()
-    assert layer.macs(x.shape) == dict(conv=macs, total=macs)
+    assert count_flops(layer, tuple(x.shape[1:]), batch_size=2).macs == dict(conv=macs)
 
 
 def test_batch_size_layouts_and_gradients():
@@ -270,22 +270,7 @@ def test_convert_to_fdconv_rules():
 
 
 # ------------------------------------------------------------------------------------- models
-MODEL_PARAMS = {
-    'fdconv_resnet50': 29_204_152,
-    'fdconv_resnet101': 52_048_378,
-    'fdconv_unireplknet_a': 5_835_556,
-    'fdconv_unireplknet_t': 40_700_080,
-    'fdconv_inceptionnext_atto': 5_127_256,
-    'fdconv_inceptionnext_tiny': 35_291_464,
-}
-
-
-@pytest.mark.parametrize('name', sorted(MODEL_PARAMS))
-def test_parameter_counts(name):
-    model = timm.create_model(name, device='meta')
-    assert sum(p.numel() for p in model.parameters()) == MODEL_PARAMS[name]
-
-
+# parameter counts: tests/helpers.py, checked in tests/test_contract.py
 def test_resnet50_matches_the_paper_layout():
     model = timm.create_model('fdconv_resnet50', device='meta')
     base = dict(timm.create_model('resnet50', device='meta').named_parameters())
@@ -408,22 +393,21 @@ def test_unireplknet_variant_reparameterizes():
         assert _rel(fused(x), ref) < 1e-5
 
 
+@pytest.mark.parametrize('name, model_cls, fdconv_layers', [
+    ('fdconv_resnet50', FDConvResNet, 48),  # conv1 / conv2 / conv3 of 16 bottlenecks
+    ('fdconv_unireplknet_a', UniRepLKNet, 24),  # the two MLP projections of 12 blocks
+    ('fdconv_inceptionnext_atto', InceptionNeXt, 24),
+])
+def test_variants_are_their_base_model_built_with_fdconv(name, model_cls, fdconv_layers):
+    """The FDConv variants are the base model classes given FDConv blocks; the FDConv options reach every layer."""
+    model = timm.create_model(name, kernel_num=8, fdconv_args=dict(use_ksm_local=False), device='meta')
+    assert type(model) is model_cls
+    layers = [m for m in model.modules() if isinstance(m, FDConv) and m.use_fdconv]
+    assert len(layers) == fdconv_layers
+    assert all(m.kernel_num == 8 and m.ksm_local is None for m in layers)
+
+
 # ----------------------------------------------------------------------------------------- MACs
-def test_macs_by_hand():
-    layer = FDConv(64, 128, 3, stride=2, padding=1, kernel_num=64)
-    counts = layer.macs((2, 64, 16, 16))
-    hidden = 16  # max(int(64 * 0.0625), 16)
-    expected = dict(
-        conv=2 * 128 * 64 * 9 * 8 * 8,  # per-sample 3x3 conv, stride 2: 8x8 outputs
-        ksm_global=2 * hidden * (64 + 64 + 128 + 9 + 64),  # fc, then channel, filter, spatial, band heads
-        ksm_local=2 * 128 * 9 * 64 * 5,  # Conv1d(1 -> Cout*9, t=5) along 64 channels
-        weight_synthesis=round(2 * 1.25 * (384 * 192) * math.log2(384 * 192)),  # irfft2 over 384 x 192
-        fbm=round(2 * 64 * 4 * 1.25 * 256 * 8) + 3 * 2 * 64 * 9 * 256,  # 1 rfft2 + 3 irfft2 of 16x16; 3 convs
-    )
-    expected['total'] = sum(expected.values())
-    assert counts == expected
-
-
 @pytest.mark.parametrize('kernel_size', [1, 3])
 def test_fvcore_sees_the_per_sample_conv(kernel_size):
     from fvcore.nn import FlopCountAnalysis
@@ -436,4 +420,4 @@ def test_fvcore_sees_the_per_sample_conv(kernel_size):
         per_sample = ops['']['bmm']
     else:  # the layer's convs, less those of the local KSM branch and of FBM
         per_sample = ops['']['conv'] - ops['ksm_local']['conv'] - ops['fbm']['conv']
-    assert per_sample == layer.macs(shape)['conv']
+    assert per_sample == 2 * 48 * 32 * kernel_size ** 2 * 12 * 12  # B * Cout * Cin * k^2 * H * W

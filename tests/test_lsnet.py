@@ -10,26 +10,16 @@ import torch.nn.functional as F
 from timm.models import get_pretrained_cfg
 from timm.utils import reparameterize_model
 
+from lkconv.backends import SKA_BACKENDS
 from lkconv.layers import AttentionBias2d, ConvBn, DepthwiseConv2d, LSConv, set_ska_backend
 from lkconv.layers import ska as ska_module
 from lkconv.layers.ska import register_ska_backend, small_kernel_aggregation
 from lkconv.models.lsnet import LSNetAttention, RepVggDw, checkpoint_filter_fn
+from lkconv.utils import count_params
+from helpers import models_of
 from parity import create_from_official, load_fixture, rel_error
 
-# training form (unfused), as the released checkpoints and the official training logs
-PARAM_COUNTS = {
-    'lsnet_t': 11_409_832,
-    'lsnet_s': 16_146_304,
-    'lsnet_b': 23_313_608,
-    'lsnet_t_distill': 11_795_600,
-    'lsnet_s_distill': 16_596_200,
-    'lsnet_b_distill': 23_827_632,
-}
 TOL = 1e-4
-
-
-def _num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(scope='module')
@@ -44,17 +34,7 @@ def official(fixture, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------------------------- sizes
-@pytest.mark.parametrize('name', list(PARAM_COUNTS))
-def test_param_count(name):
-    assert _num_params(timm.create_model(name, device='meta')) == PARAM_COUNTS[name]
-
-
-def test_fused_param_count_lsnet_b():
-    # the README's 23.2M is the fused count
-    fused = reparameterize_model(timm.create_model('lsnet_b', device='meta'))
-    assert _num_params(fused) == 23_249_320
-
-
+# parameter counts (training form, and fused as in the README): tests/helpers.py, checked in test_contract.py
 def test_every_depthwise_conv_dispatches():
     model = timm.create_model('lsnet_b', device='meta')
     depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
@@ -131,9 +111,8 @@ def test_ska_rejects_mismatched_weight():
         small_kernel_aggregation(torch.randn(1, 16, 5, 5), torch.randn(1, 3, 9, 5, 5))
 
 
-def test_ska_backend_seam(monkeypatch):
+def test_ska_backend_seam():
     """A GPU kernel plugs in by registration; LSConv (and so every model) picks it up unchanged."""
-    monkeypatch.setattr(ska_module, '_BACKENDS', list(ska_module._BACKENDS))  # restored after the test
     calls = []
 
     def fake_kernel(x, w):
@@ -141,17 +120,18 @@ def test_ska_backend_seam(monkeypatch):
         return ska_module._torch_ska(x, w)
 
     register_ska_backend('fake', fake_kernel, supports=lambda x, w: x.shape[1] == 16, priority=100)
-    conv16, conv24 = LSConv(16).eval(), LSConv(24).eval()
-    with torch.no_grad():
-        conv16(torch.randn(1, 16, 8, 8))
-        conv24(torch.randn(1, 24, 8, 8))  # not supported by 'fake': falls back to torch
-        assert calls == [(1, 16, 8, 8)]
-        try:
+    try:
+        conv16, conv24 = LSConv(16).eval(), LSConv(24).eval()
+        with torch.no_grad():
+            conv16(torch.randn(1, 16, 8, 8))
+            conv24(torch.randn(1, 24, 8, 8))  # not supported by 'fake': falls back to torch
+            assert calls == [(1, 16, 8, 8)]
             set_ska_backend('torch')
             conv16(torch.randn(1, 16, 8, 8))
             assert len(calls) == 1
-        finally:
-            set_ska_backend('auto')
+    finally:
+        set_ska_backend('auto')
+        SKA_BACKENDS.unregister('fake')
     with pytest.raises(ValueError, match='Unknown SKA backend'):
         set_ska_backend('no_such_backend')
 
@@ -245,7 +225,7 @@ def test_official_fused_checkpoint_loads_in_deploy_form(fixture, tmp_path, name)
         out = model(x)
         torch.testing.assert_close(out, fused(x), rtol=1e-5, atol=1e-5 * out.abs().max().item())
         torch.testing.assert_close(torch.jit.script(model)(x), out)
-    assert _num_params(model) == _num_params(fused) < _num_params(reference)
+    assert count_params(model) == count_params(fused) < count_params(reference)
 
 
 def test_deploy_form_is_the_reparameterized_structure():
@@ -348,7 +328,7 @@ def test_distilled_heads(fixture, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- pretrained cfgs
-@pytest.mark.parametrize('name', list(PARAM_COUNTS))
+@pytest.mark.parametrize('name', models_of('lsnet'))
 def test_pretrained_cfg(name):
     cfg = get_pretrained_cfg(name)
     assert cfg.hf_hub_id == 'jameslahm/lsnet' and cfg.hf_hub_filename == f'{name}.pth'

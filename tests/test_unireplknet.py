@@ -7,48 +7,19 @@ import torch
 from timm.utils import reparameterize_model
 
 from lkconv.models.unireplknet import UniRepLKNet, UniRepLKNetBlock, checkpoint_filter_fn
+from helpers import models_of
 from parity import create_from_official, load_fixture, rel_error
 
-# official training-form / re-parameterised parameter counts (spec §3)
-PARAM_COUNTS = {
-    'unireplknet_a': (4_649_060, 4_437_300),
-    'unireplknet_f': (6_489_328, 6_235_216),
-    'unireplknet_p': (11_080_520, 10_741_704),
-    'unireplknet_n': (18_818_880, 18_318_560),
-    'unireplknet_t': (31_693_420, 31_037_980),
-    'unireplknet_s': (56_456_704, 55_645_984),
-    'unireplknet_b': (99_089_416, 98_008_456),
-    'unireplknet_l': (220_076_056, 218_454_616),
-    'unireplknet_xl': (388_690_984, 386_529_064),
-}
 TOLERANCE = 1e-4
 
 
-def _count(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def test_all_variants_registered():
-    assert sorted(timm.list_models('unireplknet_*')) == sorted(PARAM_COUNTS)
-
-
-@pytest.mark.parametrize('name', PARAM_COUNTS)
-def test_parameter_counts_both_forms(name):
-    train_count, deploy_count = PARAM_COUNTS[name]
-    model = timm.create_model(name, device='meta')
-    assert _count(model) == train_count
+# parameter counts of both forms: tests/helpers.py, checked in tests/test_contract.py
+@pytest.mark.parametrize('name', models_of('unireplknet'))
+def test_reparameterised_training_form_is_the_deploy_build(name):
+    fused = reparameterize_model(timm.create_model(name, device='meta'))
     deployed = timm.create_model(name, device='meta', deploy=True)
-    assert _count(deployed) == deploy_count
-    # re-parameterising the training form yields exactly the deploy-built structure
-    fused = reparameterize_model(model)
-    assert _count(fused) == deploy_count
     assert {k: v.shape for k, v in fused.state_dict().items()} == \
         {k: v.shape for k, v in deployed.state_dict().items()}
-
-
-def test_22k_head_size():
-    model = timm.create_model('unireplknet_s', device='meta', pretrained_cfg='in22k', num_classes=21841)
-    assert _count(model) == 72_483_433  # spec §3: training form with the 21841-class head
 
 
 @pytest.fixture(scope='module')

@@ -1,8 +1,7 @@
 """Model families. Importing this package registers every lkconv model with timm."""
-from ..zoo.index import list_models
 from . import unireplknet
 from .unireplknet import UniRepLKNet
 from .inceptionnext import InceptionNeXt
 from .van import VAN
 from .lsnet import LSNet
-from .fdconv_nets import FDConvInceptionNeXt, FDConvResNet, FDConvUniRepLKNet
+from .fdconv_nets import FDConvResNet

@@ -1,40 +1,228 @@
 """The timm model contract for hierarchical (stem -> stages -> head) backbones, written once.
 
-A family's model class derives from `StagedBackbone` and builds, in its constructor:
-  `stem`       module applied to the image,
-  `stages`     nn.Sequential of stages, each with a `grad_checkpointing` flag,
-  `norm_pre`   module applied to the last stage output (nn.Identity if none),
-  `head`       a timm classifier head with `reset(num_classes, pool_type, reset_other, in_features, ...)`
-               and a `fc` classifier,
-  `feature_info` one dict per stage (num_chs, reduction, module),
-and sets `num_classes`, `in_chans`, `drop_rate`, `num_features`, `head_hidden_size`, `min_input_size`.
-The base class provides forward_features / forward_head / forward, reset_classifier, grad checkpointing,
-forward_intermediates and prune_intermediate_layers, following timm's ConvNeXt.
-
-`create_backbone` is the one creation path of every family: it also checks, for pretrained weights, that the
-checkpoint's classifier size agrees with the pretrained cfg (`check_classifier_size`).
+* `StageIntermediates`: `forward_intermediates` / `prune_intermediate_layers` for any model that runs a stem,
+  its stages and a final norm, one `feature_info` entry per stage (as timm's ConvNeXt). It is shared by
+  `StagedBackbone` and by models built on another layout (the FDConv ResNet on timm's `ResNet`).
+* `StagedBackbone`: the base class of the families. A family builds, in its constructor,
+    `stem`       module applied to the image,
+    `stages`     through `_set_stages`: `BackboneStage`s, with their `feature_info` and `num_features`,
+    `norm_pre`   module applied to the last stage output (nn.Identity if none),
+    `head`       a timm classifier head with `reset(num_classes, pool_type, reset_other, in_features, ...)`
+                 and a `fc` classifier,
+  and sets `head_hidden_size`. The base provides forward_features / forward_head / forward,
+  reset_classifier, grad checkpointing, group_matcher and the intermediates above.
+* `BackboneStage`: downsample -> blocks (gradient-checkpointed when enabled) -> norm.
+* `check_stage_settings`, `drop_path_schedule` and `apply_init`: the per-stage settings check, the
+  stochastic-depth schedule and the weight-init traversal.
+* `create_backbone`: the one creation path of every family; for pretrained weights it also checks that the
+  checkpoint's classifier size agrees with the pretrained cfg (`check_classifier_size`).
 """
 from functools import partial
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import get_device_dtype
-from timm.models import build_model_with_cfg, get_arch_pretrained_cfgs
-from timm.models._features import FeatureListNet, feature_take_indices
+from timm.layers import calculate_drop_path_rates, get_device_dtype
+from timm.models import FeatureListNet, build_model_with_cfg, checkpoint_seq
 
+from ..layers import FDConv
+from ._checkpoint import ClassifierMismatchError, check_classifier_size
 from ._input import check_image_input
 
-__all__ = ['StagedBackbone', 'CheckedFeatureListNet', 'ClassifierMismatchError', 'create_backbone']
+__all__ = [
+    'StageIntermediates', 'StagedBackbone', 'BackboneStage', 'CheckedFeatureListNet', 'ClassifierMismatchError',
+    'apply_init', 'check_stage_settings', 'create_backbone', 'drop_path_schedule', 'stage_indices',
+]
 
 # torch.fx records the input check as one call instead of tracing its shape-dependent branches
 torch.fx.wrap('check_image_input')
 
 
-class StagedBackbone(nn.Module):
+def stage_indices(num_stages: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
+    """The absolute indices of the stages to tap, and the largest of them.
+
+    `indices`: None for every stage, an int n for the last n, or a sequence of indices (negative ones count
+    from the end), as timm's feature API takes them (timm's own `feature_take_indices` is not public).
+    """
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f'cannot take the last {indices} of {num_stages} stages')
+        take = list(range(num_stages - indices, num_stages))
+    else:
+        take = []
+        for index in indices:
+            absolute = num_stages + index if index < 0 else index
+            if not 0 <= absolute < num_stages:
+                raise ValueError(f'stage index {index} is out of range for {num_stages} stages')
+            take.append(absolute)
+    return take, max(take)
+
+
+def check_stage_settings(**settings: Sequence) -> None:
+    """Raise ValueError unless the per-stage settings (e.g. depths=..., dims=...) have one entry per stage each."""
+    if len({len(values) for values in settings.values()}) > 1:
+        named = [f'{name} {tuple(values)}' for name, values in settings.items()]
+        raise ValueError(f"{', '.join(named[:-1])} and {named[-1]} must have the same length")
+
+
+def drop_path_schedule(drop_path_rate: float, depths: Sequence[int]) -> List[List[float]]:
+    """The stochastic-depth rate of every block, per stage: linear from 0 to `drop_path_rate` over the global
+    block index (the official schedule of every family here)."""
+    return calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+
+
+def apply_init(model: nn.Module, init_fn: Callable[..., None]) -> None:
+    """`init_fn(module=..., name=...)` on every submodule of `model`, children first (as timm's `named_apply`).
+
+    FDConv layers and what they contain are left as built: they start from an initialised spatial weight with
+    neutral attentions (see `fdconv_nets`), which a family's conv init would overwrite (an FDConv has no
+    spatial `weight` to initialise).
+    """
+    def visit(module: nn.Module, prefix: str) -> None:
+        for child_name, child in module.named_children():
+            name = f'{prefix}.{child_name}' if prefix else child_name
+            if isinstance(child, FDConv):
+                continue
+            visit(child, name)
+            init_fn(module=child, name=name)
+
+    visit(model, '')
+
+
+class BackboneStage(nn.Module):
+    """One stage: `downsample` (None: identity) -> `blocks` -> `norm` (None: identity).
+
+    `set_grad_checkpointing` on the model switches `grad_checkpointing`, which recomputes the blocks in the
+    backward pass instead of storing their activations.
+    """
+
+    def __init__(self, downsample: Optional[nn.Module], blocks: Sequence[nn.Module], norm: Optional[nn.Module] = None):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = nn.Identity() if downsample is None else downsample
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.Identity() if norm is None else norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        # a stage may have no blocks (LSNet-T's first), which checkpointing cannot split
+        if self.grad_checkpointing and len(self.blocks) > 0 and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+
+class StageIntermediates:
+    """timm's `forward_intermediates` and `prune_intermediate_layers` over a stem, stages and a final norm.
+
+    The taps are the stage outputs; `feature_info` has one entry per stage. A model using this provides
+    `_forward_stem(x)` (the input check included), `_stage_list()`, `_prune_stages(num_stages, prune_norm)`,
+    `reset_classifier(num_classes, global_pool, reset_other)`, `feature_info`, `num_features` and
+    `head_hidden_size`; it overrides `_forward_stage` if the model (not the stage) checkpoints gradients, and
+    `_forward_norm` if a norm follows the last stage.
+    """
+
+    def _forward_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return stage(x)
+
+    def _forward_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs at `indices` (None: all, int n: last n), and the final features unless `intermediates_only`.
+
+        Args:
+            x: Input image batch (N, C, H, W).
+            indices: Stages to tap: None for all, an int n for the last n, or a list of indices.
+            norm: Apply the final norm to the last stage's tap.
+            stop_early: Stop after the last tapped stage.
+            output_fmt: Layout of the taps; only 'NCHW'.
+            intermediates_only: Return only the taps.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        stages = self._stage_list()
+        take_indices, max_index = stage_indices(len(stages), indices)
+        last_index = len(stages) - 1
+        if stop_early and not torch.jit.is_scripting():
+            stages = stages[:max_index + 1]
+        intermediates = []
+        x = self._forward_stem(x)
+        index = 0
+        for index, stage in enumerate(stages):
+            x = self._forward_stage(stage, x)
+            if index in take_indices:
+                intermediates.append(self._forward_norm(x) if norm and index == last_index else x)
+        if intermediates_only:
+            return intermediates
+        if index == last_index:
+            x = self._forward_norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and head, norm) not needed for the taps at `indices`; returns the absolute indices.
+
+        Args:
+            indices: Stages still to be tapped, as in `forward_intermediates`.
+            prune_norm: Also drop the final norm.
+            prune_head: Also drop the classifier (always done when stages are dropped).
+        """
+        num_stages = len(self._stage_list())
+        take_indices, max_index = stage_indices(num_stages, indices)
+        prune_end = max_index < num_stages - 1
+        self._prune_stages(max_index + 1, prune_norm or prune_end)
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '', reset_other=True)
+        return take_indices
+
+
+class StagedBackbone(StageIntermediates, nn.Module):
+    """Base of the lkconv families: stem -> `BackboneStage`s -> `norm_pre` -> head (see the module docstring).
+
+    Args:
+        in_chans: Number of input image channels.
+        num_classes: Number of classes of the classifier (0: no classifier).
+        drop_rate: Dropout rate before the classifier.
+        min_input_size: Smallest input height and width the model accepts.
+    """
     # True for heads that pool before layers other than the classifier (InceptionNeXt's MLP head):
     # reset_classifier(0, '') then still returns pooled 2-D features, as in timm's early-pool list
     early_pool: bool = False
+
+    def __init__(self, in_chans: int, num_classes: int, drop_rate: float, min_input_size: int = 32):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.min_input_size = min_input_size
+
+    def _set_stages(self, stages: Sequence[nn.Module], widths: Sequence[int], reductions: Sequence[int]) -> None:
+        """Register `stages` as `self.stages`, with one `feature_info` entry per stage (its output width and
+        stride); `num_features` is the last stage's width."""
+        self.stages = nn.Sequential(*stages)
+        self.feature_info = [
+            dict(num_chs=width, reduction=reduction, module=f'stages.{i}')
+            for i, (width, reduction) in enumerate(zip(widths, reductions))
+        ]
+        self.num_features = widths[-1]
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
@@ -70,59 +258,22 @@ class StagedBackbone(nn.Module):
                         **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs at `indices` (None: all, int n: last n), and the final features unless `intermediates_only`.
+    def _forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(check_image_input(x, self.in_chans, self.min_input_size))
 
-        `norm=True` applies `norm_pre` to the last stage's tap.
-        """
-        assert output_fmt in ('NCHW',), 'Output shape must be NCHW.'
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(check_image_input(x, self.in_chans, self.min_input_size))
-        last_idx = len(self.stages) - 1
-        if torch.jit.is_scripting() or not stop_early:
-            stages = self.stages
-        else:
-            stages = self.stages[:max_index + 1]
-        feat_idx = 0
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(self.norm_pre(x) if norm and feat_idx == last_idx else x)
-        if intermediates_only:
-            return intermediates
-        if feat_idx == last_idx:
-            x = self.norm_pre(x)
-        return x, intermediates
+    def _stage_list(self) -> List[nn.Module]:
+        return list(self.stages)
 
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the stages (and head, norm) not needed for the taps at `indices`; returns the absolute indices."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        prune_end = max_index < len(self.stages) - 1
-        if prune_norm or prune_end:
+    def _forward_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(x)
+
+    def _prune_stages(self, num_stages: int, prune_norm: bool) -> None:
+        if prune_norm:
             self.norm_pre = nn.Identity().train(self.training)
-        self.stages = self.stages[:max_index + 1]
-        if prune_end:
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '', reset_other=True)
-        return take_indices
+        self.stages = self.stages[:num_stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(check_image_input(x, self.in_chans, self.min_input_size))
+        x = self._forward_stem(x)
         x = self.stages(x)
         return self.norm_pre(x)
 
@@ -147,64 +298,7 @@ class CheckedFeatureListNet(FeatureListNet):
         return super().forward(check_image_input(x, self.input_chans, self.min_input_size))
 
 
-class ClassifierMismatchError(ValueError, RuntimeError):
-    """Pretrained weights whose classifier size disagrees with the pretrained cfg.
-
-    Also a RuntimeError, as the size-mismatch error `load_state_dict` would otherwise raise, so callers that
-    catch failed loads see it too.
-    """
-
-
-def _classifier_source(cfg: Dict) -> Tuple[str, str]:
-    """(where the weights come from, the overlay that names them) for error messages."""
-    if cfg.get('file'):
-        return f"the file '{cfg['file']}'", f"file={str(cfg['file'])!r}, "
-    if cfg.get('hf_hub_id'):
-        filename = f", file '{cfg['hf_hub_filename']}'" if cfg.get('hf_hub_filename') else ''
-        return f"the Hugging Face hub repository '{cfg['hf_hub_id']}'{filename}", ''
-    return (f"'{cfg['url']}'" if cfg.get('url') else 'the pretrained weights'), ''
-
-
-def check_classifier_size(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
-    """Raise `ClassifierMismatchError` when timm would silently lose or fail on the checkpoint's classifier.
-
-    timm's `load_pretrained` trusts the pretrained cfg's `num_classes`: if the model's `num_classes` differs
-    from it, the classifier is dropped (and re-initialised); otherwise it is loaded strictly. A checkpoint
-    whose classifier has another size than the cfg says (e.g. an ImageNet-22k file passed with an
-    ImageNet-1k tag) would therefore either lose its head silently (model built for the file's size) or
-    fail with a bare size mismatch (model built for the cfg's size). A model whose size differs from both
-    gets a new head, which is what was asked for.
-    """
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    cfg_classes, classifiers = cfg.get('num_classes'), cfg.get('classifier')
-    if cfg_classes is None or cfg_classes < 0 or not classifiers:
-        return  # e.g. num_classes=-1: the caller asked for the classifier to be dropped
-    names = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
-    weight = next((state_dict[n + '.weight'] for n in names if n + '.weight' in state_dict), None)
-    if weight is None or weight.dim() == 0:
-        return
-    file_classes, model_classes = weight.shape[0] - cfg.get('label_offset', 0), getattr(model, 'num_classes', None)
-    if file_classes == cfg_classes or model_classes not in (file_classes, cfg_classes):
-        return
-    arch, tag = cfg.get('architecture') or type(model).__name__, cfg.get('tag')
-    name = f'{arch}.{tag}' if tag else arch
-    source, file_arg = _classifier_source(cfg)
-    tags = [t for t, c in get_arch_pretrained_cfgs(arch).items() if c.num_classes == file_classes and t != name]
-    use_tag = f", or use the tag whose cfg has that classifier, '{tags[0]}'" if tags else ''
-    overlay = f'pretrained_cfg_overlay=dict({file_arg}num_classes={file_classes})'
-    problem = (f'the pretrained weights of {arch} ({source}) have a {file_classes}-class classifier '
-               f"({names[0]}), but the pretrained cfg '{name}' says {cfg_classes} classes")
-    if model_classes == file_classes:
-        raise ClassifierMismatchError(
-            f'{problem}, so timm would discard that classifier and leave the {file_classes}-class head randomly '
-            f'initialised. Say how many classes the weights have: {overlay}{use_tag}.')
-    raise ClassifierMismatchError(
-        f'{problem} and the model is built with num_classes={model_classes}. To use the weights\' classifier pass '
-        f'num_classes={file_classes} and {overlay}{use_tag}; to start a new {model_classes}-class classifier from '
-        f'them pass num_classes={model_classes} and {overlay}.')
-
-
-def _checked_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module, filter_fn: Callable):
+def _checked_filter(state_dict, model: nn.Module, filter_fn: Callable):
     state_dict = filter_fn(state_dict, model)
     check_classifier_size(state_dict, model)
     return state_dict

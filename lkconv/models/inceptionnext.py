@@ -2,6 +2,13 @@
 
 Paper: `InceptionNeXt: When Inception Meets ConvNeXt` - https://arxiv.org/abs/2303.16900 (CVPR 2024)
 
+@inproceedings{yu2024inceptionnext,
+  title={InceptionNeXt: When Inception Meets ConvNeXt},
+  author={Yu, Weihao and Zhou, Pan and Yan, Shuicheng and Wang, Xinchao},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2024}
+}
+
 Official code and weights: https://github.com/sail-sg/inceptionnext (Apache-2.0). timm ships the same
 architecture as `inception_next_*` (class `MetaNeXt`); lkconv registers its own `inceptionnext_*` names
 and never touches timm's.
@@ -12,6 +19,8 @@ timm's Hub copies load strictly with no key conversion beyond unwrapping `model`
 Differences from the official implementation, all deliberate:
 * The token mixer is `lkconv.layers.InceptionDWConv2d`, whose convolutions are `DepthwiseConv2d`
   (backend dispatch, e.g. Triton on CUDA); parameters and outputs are those of the official `nn.Conv2d`s.
+* The block MLP is an argument of the model (`mlp_layer`, as in timm's MetaNeXt), so that variants such as
+  the FDConv one (`fdconv_nets`) are the same model with another MLP.
 * `output_stride` 8 / 16 dilates the last stages instead of striding them, as in timm's port; the
   official code has no such option. At the default 32 the network is the official one.
 * The default cfgs use the official evaluation crop (0.875 at 224, also for base; 1.0 at 384) and the
@@ -23,19 +32,23 @@ Differences from the official implementation, all deliberate:
   `global_pool=''` at construction raises ValueError.
 * The constructor rejects unknown arguments and validates its settings.
 """
-from typing import Dict, Optional, Sequence, Tuple
+# Original InceptionNeXt code and weights: https://github.com/sail-sg/inceptionnext
+# Licensed under the Apache License 2.0 (see the LICENSE file of that repository)
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvMlp, DropPath, calculate_drop_path_rates, create_conv2d, trunc_normal_
+from timm.layers import ConvMlp, DropPath, create_conv2d, trunc_normal_
 from timm.models import generate_default_cfgs, register_model
-from timm.models._manipulate import checkpoint_seq
 # the official MlpHead (pool -> fc1 -> act -> LayerNorm -> fc2) exists in timm only in its InceptionNeXt port
 from timm.models.inception_next import MlpClassifierHead
 
 from ..layers import InceptionDWConv2d
-from ._backbone import StagedBackbone, create_backbone
+from ._backbone import (
+    BackboneStage, StagedBackbone, apply_init, check_stage_settings, create_backbone, drop_path_schedule,
+)
+from ._checkpoint import unwrap_state_dict
 
 __all__ = ['InceptionNeXt', 'InceptionNeXtBlock']
 
@@ -53,15 +66,28 @@ class InceptionNeXtBlock(nn.Module):
             dilation: int = 1,
             ls_init_value: Optional[float] = 1e-6,
             drop_path: float = 0.,
+            mlp_layer: Callable[..., nn.Module] = ConvMlp,
             device=None,
             dtype=None,
     ):
+        """
+        Args:
+            dim: Number of channels.
+            mlp_ratio: MLP hidden width as a multiple of `dim`.
+            square_kernel_size: Kernel size of the token mixer's square branch.
+            band_kernel_size: Length of the token mixer's band kernels.
+            branch_ratio: Fraction of the channels in each convolved branch of the token mixer.
+            dilation: Dilation of the token mixer's convs.
+            ls_init_value: Initial layer-scale value (None or 0: no layer scale).
+            drop_path: Stochastic depth rate.
+            mlp_layer: The MLP, built as `mlp_layer(dim, hidden_dim, act_layer=nn.GELU, device=..., dtype=...)`.
+        """
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.token_mixer = InceptionDWConv2d(
             dim, square_kernel_size, band_kernel_size, branch_ratio, dilation=dilation, **dd)
         self.norm = nn.BatchNorm2d(dim, **dd)
-        self.mlp = ConvMlp(dim, int(mlp_ratio * dim), act_layer=nn.GELU, **dd)
+        self.mlp = mlp_layer(dim, int(mlp_ratio * dim), act_layer=nn.GELU, **dd)
         self.gamma = nn.Parameter(torch.full((dim,), float(ls_init_value), **dd)) if ls_init_value else None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
@@ -72,49 +98,15 @@ class InceptionNeXtBlock(nn.Module):
         return x + self.drop_path(y)
 
 
-class InceptionNeXtStage(nn.Module):
-    """Optional downsample (BN -> 2x2 conv) followed by `depth` blocks.
-
-    `dilation` is (downsample conv dilation, block dilation); a dilated stage keeps stride 1 and pads its
-    2x2 conv to 'same' so the resolution is preserved.
-    """
-
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            depth: int,
-            downsample: bool = True,
-            stride: int = 2,
-            dilation: Tuple[int, int] = (1, 1),
-            drop_path_rates: Optional[Sequence[float]] = None,
-            block_kwargs: Optional[Dict] = None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.grad_checkpointing = False
-        if downsample:
-            self.downsample = nn.Sequential(
-                nn.BatchNorm2d(in_chs, **dd),
-                create_conv2d(
-                    in_chs, out_chs, kernel_size=2, stride=stride, dilation=dilation[0],
-                    padding='same' if dilation[1] > 1 else 0, bias=True, **dd),
-            )
-        else:
-            self.downsample = nn.Identity()
-        drop_path_rates = drop_path_rates or [0.] * depth
-        self.blocks = nn.Sequential(*[
-            InceptionNeXtBlock(out_chs, dilation=dilation[1], drop_path=dp, **(block_kwargs or {}), **dd)
-            for dp in drop_path_rates
-        ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+def _downsample(in_chs: int, out_chs: int, stride: int, dilation: Tuple[int, int], device=None, dtype=None):
+    """BN -> 2x2 conv between stages. `dilation` is (this conv's, the stage's blocks'): a dilated stage keeps
+    stride 1 and pads the conv to 'same' so the resolution is preserved."""
+    return nn.Sequential(
+        nn.BatchNorm2d(in_chs, device=device, dtype=dtype),
+        create_conv2d(
+            in_chs, out_chs, kernel_size=2, stride=stride, dilation=dilation[0],
+            padding='same' if dilation[1] > 1 else 0, bias=True, device=device, dtype=dtype),
+    )
 
 
 class InceptionNeXt(StagedBackbone):
@@ -139,24 +131,36 @@ class InceptionNeXt(StagedBackbone):
             head_mlp_ratio: float = 3.,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            mlp_layer: Callable[..., nn.Module] = ConvMlp,
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        """
+        Args:
+            in_chans: Number of input image channels.
+            num_classes: Number of classes of the classifier (0: no classifier).
+            global_pool: Global pooling type of the head (it cannot be disabled: layers follow it).
+            output_stride: Stride of the last feature map, 32, 16 or 8 (the later stages dilate instead).
+            depths: Number of blocks in each stage.
+            dims: Feature dimension of each stage.
+            mlp_ratios: MLP hidden width of each stage's blocks as a multiple of its dimension.
+            square_kernel_size: Kernel size of the token mixer's square branch.
+            band_kernel_size: Length of the token mixer's band kernels.
+            branch_ratio: Fraction of the channels in each convolved branch of the token mixer.
+            ls_init_value: Initial layer-scale value (None or 0: no layer scale).
+            head_mlp_ratio: Hidden width of the MLP head as a multiple of the last dimension.
+            drop_rate: Dropout rate in the head.
+            drop_path_rate: Stochastic depth rate of the last block.
+            mlp_layer: The blocks' MLP, built as `mlp_layer(dim, hidden_dim, act_layer=..., device=..., dtype=...)`.
+        """
+        super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
         dd = dict(device=device, dtype=dtype)
-        if not len(depths) == len(dims) == len(mlp_ratios):
-            raise ValueError(
-                f'depths {tuple(depths)}, dims {tuple(dims)} and mlp_ratios {tuple(mlp_ratios)} '
-                f'must have the same length')
+        check_stage_settings(depths=depths, dims=dims, mlp_ratios=mlp_ratios)
         if output_stride not in (8, 16, 32):
             raise ValueError(f'output_stride must be 8, 16 or 32, got {output_stride}')
         if not global_pool:
             raise ValueError("InceptionNeXt's MLP head follows the pooling, which cannot be disabled (global_pool='')")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
         self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.min_input_size = 32
 
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
@@ -164,12 +168,12 @@ class InceptionNeXt(StagedBackbone):
         )
         block_kwargs = dict(
             square_kernel_size=square_kernel_size, band_kernel_size=band_kernel_size,
-            branch_ratio=branch_ratio, ls_init_value=ls_init_value,
+            branch_ratio=branch_ratio, ls_init_value=ls_init_value, mlp_layer=mlp_layer,
         )
-        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
-        stages, self.feature_info = [], []
+        dp_rates = drop_path_schedule(drop_path_rate, depths)
+        stages, reductions = [], []
         stride, dilation = 4, 1
-        for i, (depth, dim, mlp_ratio) in enumerate(zip(depths, dims, mlp_ratios)):
+        for i, (dim, mlp_ratio) in enumerate(zip(dims, mlp_ratios)):
             first_dilation = dilation
             stage_stride = 1
             if i > 0:
@@ -179,19 +183,21 @@ class InceptionNeXt(StagedBackbone):
                     stride *= 2
                 else:
                     dilation *= 2
-            stages.append(InceptionNeXtStage(
-                dims[i - 1] if i > 0 else dim, dim, depth, downsample=i > 0, stride=stage_stride,
-                dilation=(first_dilation, dilation), drop_path_rates=dp_rates[i],
-                block_kwargs=dict(block_kwargs, mlp_ratio=mlp_ratio), **dd,
+            stages.append(BackboneStage(
+                downsample=_downsample(
+                    dims[i - 1], dim, stage_stride, (first_dilation, dilation), **dd) if i > 0 else None,
+                blocks=[
+                    InceptionNeXtBlock(dim, mlp_ratio, dilation=dilation, drop_path=dp, **block_kwargs, **dd)
+                    for dp in dp_rates[i]
+                ],
             ))
-            self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+            reductions.append(stride)
+        self._set_stages(stages, dims, reductions)
         self.norm_pre = nn.Identity()
         self.head = MlpClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, mlp_ratio=head_mlp_ratio, drop=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
-        self.apply(_init_weights)
+        apply_init(self, _init_weights)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -205,7 +211,7 @@ class InceptionNeXt(StagedBackbone):
             self.global_pool = global_pool  # the head does the pooling; keep the attribute in step with it
 
 
-def _init_weights(module: nn.Module) -> None:
+def _init_weights(module: nn.Module, name: str = '') -> None:
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         trunc_normal_(module.weight, std=.02)
         if module.bias is not None:
@@ -214,10 +220,7 @@ def _init_weights(module: nn.Module) -> None:
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Official and timm checkpoints share this model's keys: only unwrap containers and DDP prefixes."""
-    for wrapper in ('model', 'state_dict'):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    return unwrap_state_dict(state_dict)
 
 
 def _create_inceptionnext(variant: str, pretrained: bool = False, **kwargs) -> InceptionNeXt:

@@ -2,8 +2,15 @@
 
 Paper: `LSNet: See Large, Focus Small` - https://arxiv.org/abs/2503.23135 (CVPR 2025)
 
-Official code: https://github.com/THU-MIG/lsnet (= jameslahm/lsnet); weights (MIT, per the model cards):
-https://huggingface.co/jameslahm/lsnet
+@inproceedings{wang2025lsnet,
+  title={LSNet: See Large, Focus Small},
+  author={Wang, Ao and Chen, Hui and Lin, Zijia and Han, Jungong and Ding, Guiguang},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2025}
+}
+
+Official code: https://github.com/THU-MIG/lsnet (= jameslahm/lsnet; the repository has no LICENSE file);
+weights (MIT, per the model cards): https://huggingface.co/jameslahm/lsnet
 
 A stride-8 Conv-BN stem, four stages (strides 8/16/32/64) whose blocks alternate a RepVGG depthwise
 mixer + SE with an LS convolution (stages 1-3) or a LeViT-style attention (stage 4), each followed by a
@@ -29,6 +36,8 @@ Differences from the official implementation, all deliberate:
 * Distilled models average both heads unless `set_distilled_training(True)` is called, in which case
   training-mode forward returns `(head, head_dist)` logits (as timm's LeViT/DeiT; the official model
   always returns the tuple in training). `get_classifier()` returns the main classifier `head.fc`.
+* The stage widths are `dims`, as in the other families; `timm.create_model` still accepts the official
+  name `embed_dims`.
 * The constructor accepts timm's `drop_rate` (dropout before the classifiers) and `drop_path_rate`
   (stochastic depth on the FFN residual); both default to 0 as in the official recipe.
 * `timm.utils.reparameterize_model` fuses every Conv-BN, each RepVGG mixer into one 3x3 depthwise conv,
@@ -38,7 +47,11 @@ Differences from the official implementation, all deliberate:
   `head.l` -> `head`) strictly, and computes what the fused training form computes. In the deploy form the
   first conv is `stem.0` (the cfg's `first_conv` names the training form's `stem.0.conv`), so timm cannot
   adapt fused weights to another `in_chans`.
+* timm's RepViT `RepVggDw` (legacy form) and the `NormLinear` heads of RepViT / LeViT compute what the RepVGG
+  mixer and the BN-Linear head compute, but with other keys (`conv.c` for `conv.conv`; `bn` / `l` or `bn` /
+  `linear` for `norm` / `fc`) and plain `nn.Conv2d` depthwise convs (no backend dispatch), so they are not used.
 """
+# Original LSNet code: https://github.com/THU-MIG/lsnet (no licence file); weights: MIT, per the model cards
 import re
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -47,15 +60,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    DropPath, NormMlpClassifierHead, SEModule, calculate_drop_path_rates, get_device_dtype, make_divisible, to_2tuple,
-    trunc_normal_,
+    DropPath, NormMlpClassifierHead, SEModule, get_device_dtype, make_divisible, to_2tuple, trunc_normal_,
 )
-from timm.models import checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (
     AttentionBias2d, ConvBn, DepthwiseConv2d, LSConv, conv_with_weights, fuse_bn_scale, fuse_conv_bn, merge_kernels,
 )
-from ._backbone import StagedBackbone, create_backbone
+from ._backbone import BackboneStage, StagedBackbone, check_stage_settings, create_backbone, drop_path_schedule
+from ._checkpoint import unwrap_state_dict
 
 __all__ = ['LSNet', 'LSNetBlock', 'LSNetAttention', 'RepVggDw']
 
@@ -75,7 +88,8 @@ def _conv_bn(
     convs are `DepthwiseConv2d` (backend dispatch)."""
     dd = dict(device=device, dtype=dtype)
     if depthwise:
-        assert in_chs == out_chs
+        if in_chs != out_chs:
+            raise ValueError(f'a depthwise conv keeps its channels, got {in_chs} -> {out_chs}')
         conv = DepthwiseConv2d(in_chs, kernel_size, stride=stride, bias=deploy, **dd)
     else:
         conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, bias=deploy, **dd)
@@ -207,51 +221,10 @@ class LSNetBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
-class LSNetStage(nn.Module):
-    """Optional downsample (3x3 s2 depthwise Conv-BN -> 1x1 Conv-BN), then blocks whose even indices are
-    RepVGG + SE and odd indices use `odd_mixer`."""
-
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            depth: int,
-            odd_mixer: str = 'ls',
-            downsample: bool = True,
-            num_heads: int = 4,
-            key_dim: int = 16,
-            attn_resolution: Union[int, Tuple[int, int]] = 4,
-            mlp_ratio: float = 2.,
-            drop_path_rates: Optional[Sequence[float]] = None,
-            deploy: bool = False,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.grad_checkpointing = False
-        if downsample:
-            self.downsample = nn.Sequential(
-                _conv_bn(in_chs, in_chs, 3, stride=2, depthwise=True, deploy=deploy, **dd),
-                _conv_bn(in_chs, out_chs, deploy=deploy, **dd),
-            )
-        else:
-            assert in_chs == out_chs
-            self.downsample = nn.Identity()
-        drop_path_rates = drop_path_rates or [0.] * depth
-        self.blocks = nn.Sequential(*[
-            LSNetBlock(
-                out_chs, mixer='repvgg' if i % 2 == 0 else odd_mixer, num_heads=num_heads, key_dim=key_dim,
-                attn_resolution=attn_resolution, mlp_ratio=mlp_ratio, drop_path=drop_path_rates[i], deploy=deploy,
-                **dd)
-            for i in range(depth)
-        ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and len(self.blocks) > 0 and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+def _downsample(in_chs: int, out_chs: int, deploy: bool = False, device=None, dtype=None) -> nn.Module:
+    """3x3 stride-2 depthwise Conv-BN -> 1x1 Conv-BN, between stages."""
+    dd = dict(deploy=deploy, device=device, dtype=dtype)
+    return nn.Sequential(_conv_bn(in_chs, in_chs, 3, stride=2, depthwise=True, **dd), _conv_bn(in_chs, out_chs, **dd))
 
 
 class BnLinearHead(NormMlpClassifierHead):
@@ -297,8 +270,8 @@ class LSNet(StagedBackbone):
             num_classes: int = 1000,
             global_pool: str = 'avg',
             img_size: Union[int, Tuple[int, int]] = 224,
-            embed_dims: Sequence[int] = (64, 128, 256, 384),
             depths: Sequence[int] = (0, 2, 8, 10),
+            dims: Sequence[int] = (64, 128, 256, 384),
             stage_mixers: Sequence[str] = ('ls', 'ls', 'ls', 'attn'),
             num_heads: int = 4,
             key_dim: int = 16,
@@ -310,46 +283,58 @@ class LSNet(StagedBackbone):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        """
+        Args:
+            in_chans: Number of input image channels.
+            num_classes: Number of classes of the classifier (0: no classifier).
+            global_pool: Global pooling type of the head ('': none).
+            img_size: Input size the stage-4 attention bias table is built for.
+            depths: Number of blocks in each stage (a stage after the first adds a downsample before them).
+            dims: Feature dimension of each stage.
+            stage_mixers: Mixer of each stage's odd blocks: 'ls' (LS convolution) or 'attn' (attention);
+                even blocks are RepVGG + SE.
+            num_heads: Attention heads.
+            key_dim: Query / key channels per attention head.
+            mlp_ratio: FFN hidden width as a multiple of the stage dimension.
+            distillation: Add the distillation classifier `head_dist`.
+            drop_rate: Dropout rate before the classifiers.
+            drop_path_rate: Stochastic depth rate of the last block (on the FFN residual).
+            deploy: Build the re-parameterised (fused) form.
+        """
+        super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
         dd = dict(device=device, dtype=dtype)
-        if not len(embed_dims) == len(depths) == len(stage_mixers):
-            raise ValueError(f'embed_dims {tuple(embed_dims)}, depths {tuple(depths)} and stage_mixers '
-                             f'{tuple(stage_mixers)} must have the same length')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.min_input_size = 32
+        check_stage_settings(depths=depths, dims=dims, stage_mixers=stage_mixers)
         self.distillation = distillation
         self.distilled_training = False
         self.deploy = deploy
 
-        c0 = embed_dims[0]
         self.stem = nn.Sequential(
-            _conv_bn(in_chans, c0 // 4, 3, stride=2, deploy=deploy, **dd),
+            _conv_bn(in_chans, dims[0] // 4, 3, stride=2, deploy=deploy, **dd),
             nn.ReLU(),
-            _conv_bn(c0 // 4, c0 // 2, 3, stride=2, deploy=deploy, **dd),
+            _conv_bn(dims[0] // 4, dims[0] // 2, 3, stride=2, deploy=deploy, **dd),
             nn.ReLU(),
-            _conv_bn(c0 // 2, c0, 3, stride=2, deploy=deploy, **dd),
+            _conv_bn(dims[0] // 2, dims[0], 3, stride=2, deploy=deploy, **dd),
         )
         grid = [_down(_down(_down(s))) for s in to_2tuple(img_size)]  # token grid after the stride-8 stem
-        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
-        stages, self.feature_info = [], []
-        reduction = 8
-        for i, (dim, depth, mixer) in enumerate(zip(embed_dims, depths, stage_mixers)):
+        dp_rates = drop_path_schedule(drop_path_rate, depths)
+        stages = []
+        for i, (dim, mixer) in enumerate(zip(dims, stage_mixers)):
             if i > 0:
-                reduction *= 2
                 grid = [_down(s) for s in grid]
-            stages.append(LSNetStage(
-                embed_dims[i - 1] if i > 0 else dim, dim, depth, odd_mixer=mixer, downsample=i > 0,
-                num_heads=num_heads, key_dim=key_dim, attn_resolution=tuple(grid), mlp_ratio=mlp_ratio,
-                drop_path_rates=dp_rates[i], deploy=deploy, **dd,
+            stages.append(BackboneStage(
+                downsample=_downsample(dims[i - 1], dim, deploy=deploy, **dd) if i > 0 else None,
+                blocks=[
+                    LSNetBlock(
+                        dim, mixer='repvgg' if j % 2 == 0 else mixer, num_heads=num_heads, key_dim=key_dim,
+                        attn_resolution=tuple(grid), mlp_ratio=mlp_ratio, drop_path=dp, deploy=deploy, **dd)
+                    for j, dp in enumerate(dp_rates[i])
+                ],
             ))
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self._set_stages(stages, dims, reductions=[8 * 2 ** i for i in range(len(dims))])
         self.norm_pre = nn.Identity()
         self.head = BnLinearHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, deploy=deploy, **dd)
+        self.head_hidden_size = self.head.num_features
         self.head_dist: Optional[BnLinearHead] = None
         if distillation and num_classes > 0:
             self.head_dist = BnLinearHead(
@@ -422,10 +407,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     resized bicubically on their offset grid to the model's. A checkpoint whose form (fused or not) differs
     from the model's raises ValueError naming the `deploy` setting that fits it.
     """
-    for wrapper in ('model', 'state_dict'):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(('patch_embed.', 'blocks')) for k in state_dict):
         state_dict = _map_official_keys(state_dict)
     _check_form(state_dict, model)
@@ -488,6 +470,9 @@ def _resize_bias_table(table: torch.Tensor, resolution: Tuple[int, int]) -> torc
 
 
 def _create_lsnet(variant: str, pretrained: bool = False, **kwargs) -> LSNet:
+    if 'embed_dims' in kwargs:
+        # the official name of `dims`, which configs and recorded model arguments may still pass
+        kwargs['dims'] = kwargs.pop('embed_dims')
     return create_backbone(LSNet, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
@@ -518,9 +503,9 @@ default_cfgs = generate_default_cfgs({
     'lsnet_b_distill.in1k': _distill_cfg('lsnet_b_distill.pth'),
 })
 
-_LSNET_T = dict(embed_dims=(64, 128, 256, 384), depths=(0, 2, 8, 10))
-_LSNET_S = dict(embed_dims=(96, 192, 320, 448), depths=(1, 2, 8, 10))
-_LSNET_B = dict(embed_dims=(128, 256, 384, 512), depths=(4, 6, 8, 10))
+_LSNET_T = dict(depths=(0, 2, 8, 10), dims=(64, 128, 256, 384))
+_LSNET_S = dict(depths=(1, 2, 8, 10), dims=(96, 192, 320, 448))
+_LSNET_B = dict(depths=(4, 6, 8, 10), dims=(128, 256, 384, 512))
 
 
 @register_model

@@ -3,6 +3,15 @@
 Paper: `UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, Time-Series
 and Image Recognition` - https://arxiv.org/abs/2311.15599 (CVPR 2024)
 
+@inproceedings{ding2024unireplknet,
+  title={UniRepLKNet: A Universal Perception Large-Kernel ConvNet for Audio, Video, Point Cloud, Time-Series
+         and Image Recognition},
+  author={Ding, Xiaohan and Zhang, Yiyuan and Ge, Yixiao and Zhao, Sijie and Song, Lin and Yue, Xiangyu
+          and Shan, Ying},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2024}
+}
+
 Official code and weights: https://github.com/AILab-CVC/UniRepLKNet (Apache-2.0),
 https://huggingface.co/DingXiaoH/UniRepLKNet
 
@@ -11,28 +20,33 @@ Differences from the official implementation, all deliberate:
   block `conv_dw`/`norm`/`se`/`mlp`); `checkpoint_filter_fn` maps official checkpoints (training or deploy
   form, bare or under `model`/`state_dict`) onto it, so they load strictly.
 * Dilated Reparam Block branches are named `k{kernel}_d{dilation}` inside one ModuleDict.
+* The block MLP is an argument of the model (`mlp_layer`), so that variants such as the FDConv one
+  (`fdconv_nets`) are the same model with another MLP.
 * The constructor rejects unknown arguments and never prints; no custom CUDA extension is used
   (depthwise convs dispatch through `lkconv.layers.DepthwiseConv2d`).
 """
+# Original UniRepLKNet code and weights: https://github.com/AILab-CVC/UniRepLKNet
+# Licensed under the Apache License 2.0 (see the LICENSE file of that repository)
 import re
 from functools import partial
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, calculate_drop_path_rates, trunc_normal_,
-)
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (
     DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock, GlobalResponseNormNHWC, conv_with_weights,
     fuse_bn_scale, fuse_conv_bn,
 )
-from ._backbone import StagedBackbone, create_backbone
+from ._backbone import (
+    BackboneStage, StagedBackbone, apply_init, check_stage_settings, create_backbone, drop_path_schedule,
+)
+from ._checkpoint import unwrap_state_dict
 
-__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'default_kernel_sizes']
+__all__ = ['UniRepLKNet', 'UniRepLKNetBlock', 'UniRepLKNetMlp', 'default_kernel_sizes']
 
 # official per-block depthwise kernel sizes, chosen by the depths of the variant
 _DEFAULT_KERNEL_SIZES: Dict[Tuple[int, ...], Tuple[Tuple[int, ...], ...]] = {
@@ -54,7 +68,10 @@ def default_kernel_sizes(depths: Sequence[int]) -> Tuple[Tuple[int, ...], ...]:
 
 
 class UniRepLKNetMlp(nn.Module):
-    """Channels-last FFN: Linear -> GELU -> GRN -> Linear (no bias), then BatchNorm back in NCHW."""
+    """Channels-last FFN: Linear -> GELU -> GRN -> Linear (no bias), then BatchNorm back in NCHW.
+
+    `deploy=True` builds the re-parameterised form: GRN without bias, biased `fc2`, no BatchNorm.
+    """
 
     def __init__(self, dim: int, hidden_dim: int, deploy: bool = False, device=None, dtype=None):
         super().__init__()
@@ -101,10 +118,21 @@ class UniRepLKNetBlock(nn.Module):
             drop_path: float = 0.,
             ls_init_value: Optional[float] = 1e-6,
             mlp_ratio: int = 4,
+            mlp_layer: Callable[..., nn.Module] = UniRepLKNetMlp,
             deploy: bool = False,
             device=None,
             dtype=None,
     ):
+        """
+        Args:
+            dim: Number of channels.
+            kernel_size: Depthwise kernel size: 0 (no depthwise conv), 3, 5 or a Dilated Reparam Block size.
+            drop_path: Stochastic depth rate.
+            ls_init_value: Initial layer-scale value (None or 0: no layer scale).
+            mlp_ratio: MLP hidden width as a multiple of `dim`.
+            mlp_layer: The MLP, built as `mlp_layer(dim, hidden_dim, deploy=..., device=..., dtype=...)`.
+            deploy: Build the re-parameterised form.
+        """
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         if kernel_size != 0 and kernel_size not in _SMALL_KERNELS and kernel_size not in DILATED_BRANCHES:
@@ -119,7 +147,7 @@ class UniRepLKNetBlock(nn.Module):
             self.conv_dw = DilatedReparamBlock(dim, kernel_size, **dd)
         self.norm = nn.Identity() if deploy or kernel_size == 0 else nn.BatchNorm2d(dim, **dd)
         self.se = SEModule(dim, rd_channels=dim // 4, **dd)
-        self.mlp = UniRepLKNetMlp(dim, dim * mlp_ratio, deploy=deploy, **dd)
+        self.mlp = mlp_layer(dim, dim * mlp_ratio, deploy=deploy, **dd)
         use_ls = ls_init_value is not None and ls_init_value > 0 and not deploy
         self.gamma = nn.Parameter(torch.full((dim,), float(ls_init_value), **dd)) if use_ls else None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -143,40 +171,12 @@ class UniRepLKNetBlock(nn.Module):
         self.gamma = None
 
 
-class UniRepLKNetStage(nn.Module):
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            kernel_sizes: Sequence[int],
-            downsample: bool = True,
-            drop_path_rates: Optional[Sequence[float]] = None,
-            ls_init_value: Optional[float] = 1e-6,
-            deploy: bool = False,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.grad_checkpointing = False
-        if downsample:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=2, padding=1, **dd),
-                LayerNorm2d(out_chs, eps=1e-6, **dd),
-            )
-        else:
-            self.downsample = nn.Identity()
-        drop_path_rates = drop_path_rates or [0.] * len(kernel_sizes)
-        self.blocks = nn.Sequential(*[
-            UniRepLKNetBlock(out_chs, k, drop_path=dp, ls_init_value=ls_init_value, deploy=deploy, **dd)
-            for k, dp in zip(kernel_sizes, drop_path_rates)
-        ])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
-        return self.blocks(x)
+def _downsample(in_chs: int, out_chs: int, device=None, dtype=None) -> nn.Module:
+    """3x3 stride-2 conv -> LayerNorm, between stages."""
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=2, padding=1, device=device, dtype=dtype),
+        LayerNorm2d(out_chs, eps=1e-6, device=device, dtype=dtype),
+    )
 
 
 class UniRepLKNet(StagedBackbone):
@@ -198,21 +198,34 @@ class UniRepLKNet(StagedBackbone):
             head_init_scale: float = 1.,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            mlp_layer: Callable[..., nn.Module] = UniRepLKNetMlp,
             deploy: bool = False,
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        """
+        Args:
+            in_chans: Number of input image channels.
+            num_classes: Number of classes of the classifier (0: no classifier).
+            global_pool: Global pooling type of the head.
+            depths: Number of blocks in each stage.
+            dims: Feature dimension of each stage.
+            kernel_sizes: Depthwise kernel size of every block, one sequence per stage (0: no depthwise
+                conv); None takes the official sizes for `depths`.
+            ls_init_value: Initial layer-scale value (None or 0: no layer scale).
+            head_init_scale: Factor on the initial classifier weights and bias.
+            drop_rate: Dropout rate before the classifier.
+            drop_path_rate: Stochastic depth rate of the last block.
+            mlp_layer: The blocks' MLP: built as `mlp_layer(dim, hidden_dim, deploy=..., device=..., dtype=...)`,
+                with a `reparameterize(out_scale)` that folds the layer scale into its output.
+            deploy: Build the re-parameterised form.
+        """
+        super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
         dd = dict(device=device, dtype=dtype)
-        if len(depths) != len(dims):
-            raise ValueError(f'depths {tuple(depths)} and dims {tuple(dims)} must have the same length')
+        check_stage_settings(depths=depths, dims=dims)
         kernel_sizes = default_kernel_sizes(depths) if kernel_sizes is None else kernel_sizes
         if [len(k) for k in kernel_sizes] != list(depths):
             raise ValueError(f'kernel_sizes {kernel_sizes} do not match depths {tuple(depths)}')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.min_input_size = 32
         self.deploy = deploy
 
         norm_layer = partial(LayerNorm2d, eps=1e-6)
@@ -223,25 +236,25 @@ class UniRepLKNet(StagedBackbone):
             nn.Conv2d(dims[0] // 2, dims[0], kernel_size=3, stride=2, padding=1, **dd),
             norm_layer(dims[0], **dd),
         )
-        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
-        stages, self.feature_info = [], []
-        reduction = 4
-        for i, (dim, ks) in enumerate(zip(dims, kernel_sizes)):
-            reduction *= 2 if i > 0 else 1
-            stages.append(UniRepLKNetStage(
-                dims[i - 1] if i > 0 else dim, dim, ks, downsample=i > 0, drop_path_rates=dp_rates[i],
-                ls_init_value=ls_init_value, deploy=deploy, **dd,
+        dp_rates = drop_path_schedule(drop_path_rate, depths)
+        stages = []
+        for i, (dim, stage_kernel_sizes) in enumerate(zip(dims, kernel_sizes)):
+            stages.append(BackboneStage(
+                downsample=_downsample(dims[i - 1], dim, **dd) if i > 0 else None,
+                blocks=[
+                    UniRepLKNetBlock(
+                        dim, k, drop_path=dp, ls_init_value=ls_init_value, mlp_layer=mlp_layer, deploy=deploy, **dd)
+                    for k, dp in zip(stage_kernel_sizes, dp_rates[i])
+                ],
             ))
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self._set_stages(stages, dims, reductions=[4 * 2 ** i for i in range(len(dims))])
         self.norm_pre = nn.Identity()
         self.head = NormMlpClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
             norm_layer=norm_layer, **dd,
         )
         self.head_hidden_size = self.head.num_features
-        named_apply(partial(_init_weights, head_init_scale=head_init_scale), self)
+        apply_init(self, partial(_init_weights, head_init_scale=head_init_scale))
 
 
 def _init_weights(module: nn.Module, name: str = '', head_init_scale: float = 1.) -> None:
@@ -272,10 +285,7 @@ _BLOCK_KEY_MAP = (
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
     """Map an official UniRepLKNet checkpoint (training or deploy form) onto this implementation's keys."""
-    for wrapper in ('model', 'state_dict'):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict)
     if 'stem.0.weight' in state_dict:
         return state_dict  # already in this layout
     out = {}

@@ -2,6 +2,13 @@
 
 Paper: `Visual Attention Network` - https://arxiv.org/abs/2202.09741 (Computational Visual Media 2023)
 
+@article{guo2023visual,
+  title={Visual Attention Network},
+  author={Guo, Meng-Hao and Lu, Cheng-Ze and Liu, Zheng-Ning and Cheng, Ming-Ming and Hu, Shi-Min},
+  journal={Computational Visual Media},
+  year={2023}
+}
+
 Official code and weights: https://github.com/Visual-Attention-Network/VAN-Classification (Apache-2.0),
 ImageNet-1k weights mirrored at https://huggingface.co/Visual-Attention-Network; OpenMMLab's converted
 weights: https://github.com/open-mmlab/mmpretrain/tree/main/configs/van
@@ -21,6 +28,8 @@ Differences from the official implementation, all deliberate:
 Weights: B0-B3 are the authors' ImageNet-1k checkpoints; B4 (1k and 22k), B5 and B6 (22k only) are OpenMMLab's
 conversions, so `van_b5`/`van_b6` default to a 21841-class head (pass `num_classes=1000` for the 1k layout).
 """
+# Original VAN code and weights: https://github.com/Visual-Attention-Network/VAN-Classification
+# Licensed under the Apache License 2.0 (see the LICENSE file of that repository)
 import math
 import re
 from typing import Dict, Sequence
@@ -28,11 +37,14 @@ from typing import Dict, Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, calculate_drop_path_rates, trunc_normal_
-from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, trunc_normal_
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import ConvBn, DepthwiseConv2d, LargeKernelAttention
-from ._backbone import StagedBackbone, create_backbone
+from ._backbone import (
+    BackboneStage, StagedBackbone, apply_init, check_stage_settings, create_backbone, drop_path_schedule,
+)
+from ._checkpoint import unwrap_state_dict
 
 __all__ = ['VAN']
 
@@ -100,43 +112,9 @@ class VanBlock(nn.Module):
 
 
 def _patch_embed(in_chs: int, out_chs: int, kernel_size: int, stride: int, device=None, dtype=None) -> ConvBn:
+    """Overlapping patch embedding: a padded strided conv + BatchNorm (the stem, and each stage's downsample)."""
     conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, device=device, dtype=dtype)
     return ConvBn(conv, device=device, dtype=dtype)
-
-
-class VanStage(nn.Module):
-    """Optional overlapping patch embedding (3x3/s2 conv + BN), blocks, then a LayerNorm over channels."""
-
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            depth: int,
-            downsample: bool = True,
-            mlp_ratio: float = 4.,
-            ls_init_value: float = 1e-2,
-            proj_drop: float = 0.,
-            drop_path_rates: Sequence[float] = (),
-            device=None,
-            dtype=None,
-    ):
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        self.grad_checkpointing = False
-        self.downsample = _patch_embed(in_chs, out_chs, 3, 2, **dd) if downsample else nn.Identity()
-        drop_path_rates = list(drop_path_rates) or [0.] * depth
-        self.blocks = nn.Sequential(*[
-            VanBlock(out_chs, mlp_ratio, ls_init_value, proj_drop, drop_path_rates[j], **dd) for j in range(depth)
-        ])
-        self.norm = LayerNorm2d(out_chs, eps=1e-6, **dd)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.norm(x)
 
 
 class VAN(StagedBackbone):
@@ -147,8 +125,8 @@ class VAN(StagedBackbone):
             in_chans: int = 3,
             num_classes: int = 1000,
             global_pool: str = 'avg',
-            dims: Sequence[int] = (64, 128, 320, 512),
             depths: Sequence[int] = (3, 3, 12, 3),
+            dims: Sequence[int] = (64, 128, 320, 512),
             mlp_ratios: Sequence[float] = (8, 8, 4, 4),
             ls_init_value: float = 1e-2,
             drop_rate: float = 0.,
@@ -157,34 +135,37 @@ class VAN(StagedBackbone):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        """
+        Args:
+            in_chans: Number of input image channels.
+            num_classes: Number of classes of the classifier (0: no classifier).
+            global_pool: Global pooling type of the head ('': none).
+            depths: Number of blocks in each stage.
+            dims: Feature dimension of each stage.
+            mlp_ratios: MLP hidden width of each stage's blocks as a multiple of its dimension.
+            ls_init_value: Initial value of the layer scales.
+            drop_rate: Dropout rate before the classifier.
+            proj_drop_rate: Dropout rate inside the MLPs (the official `drop_rate`).
+            drop_path_rate: Stochastic depth rate of the last block.
+        """
+        super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
         dd = dict(device=device, dtype=dtype)
-        if not len(dims) == len(depths) == len(mlp_ratios):
-            raise ValueError(
-                f'dims {tuple(dims)}, depths {tuple(depths)} and mlp_ratios {tuple(mlp_ratios)} '
-                f'must have the same length')
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.min_input_size = 32
+        check_stage_settings(depths=depths, dims=dims, mlp_ratios=mlp_ratios)
 
         self.stem = _patch_embed(in_chans, dims[0], 7, 4, **dd)
-        dp_rates = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
-        stages, self.feature_info = [], []
-        reduction = 4
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            reduction *= 2 if i > 0 else 1
-            stages.append(VanStage(
-                dims[i - 1] if i > 0 else dim, dim, depth, downsample=i > 0, mlp_ratio=mlp_ratios[i],
-                ls_init_value=ls_init_value, proj_drop=proj_drop_rate, drop_path_rates=dp_rates[i], **dd,
+        dp_rates = drop_path_schedule(drop_path_rate, depths)
+        stages = []
+        for i, (dim, mlp_ratio) in enumerate(zip(dims, mlp_ratios)):
+            stages.append(BackboneStage(
+                downsample=_patch_embed(dims[i - 1], dim, 3, 2, **dd) if i > 0 else None,
+                blocks=[VanBlock(dim, mlp_ratio, ls_init_value, proj_drop_rate, dp, **dd) for dp in dp_rates[i]],
+                norm=LayerNorm2d(dim, eps=1e-6, **dd),
             ))
-            self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
-        self.num_features = dims[-1]
+        self._set_stages(stages, dims, reductions=[4 * 2 ** i for i in range(len(dims))])
         self.norm_pre = nn.Identity()  # the last stage already ends in its LayerNorm
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
-        named_apply(_init_weights, self)
+        apply_init(self, _init_weights)
 
 
 def _init_weights(module: nn.Module, name: str = '') -> None:
@@ -250,11 +231,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     files (`backbone.` prefix, `blocks{s}`, `projection`, `DW_conv`/`DW_D_conv`, `head.fc`), bare or
     wrapped, with or without a `module.` prefix, and checkpoints already in this layout.
     """
-    for wrapper in ('state_dict', 'model'):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-            break
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
         return state_dict  # already in this layout
     out = {}
@@ -313,42 +290,42 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def van_b0(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(dims=(32, 64, 160, 256), depths=(3, 3, 5, 2))
+    model_args = dict(depths=(3, 3, 5, 2), dims=(32, 64, 160, 256))
     return _create_van('van_b0', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b1(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(dims=(64, 128, 320, 512), depths=(2, 2, 4, 2))
+    model_args = dict(depths=(2, 2, 4, 2), dims=(64, 128, 320, 512))
     return _create_van('van_b1', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b2(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(dims=(64, 128, 320, 512), depths=(3, 3, 12, 3))
+    model_args = dict(depths=(3, 3, 12, 3), dims=(64, 128, 320, 512))
     return _create_van('van_b2', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b3(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(dims=(64, 128, 320, 512), depths=(3, 5, 27, 3))
+    model_args = dict(depths=(3, 5, 27, 3), dims=(64, 128, 320, 512))
     return _create_van('van_b3', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b4(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(dims=(64, 128, 320, 512), depths=(3, 6, 40, 3))
+    model_args = dict(depths=(3, 6, 40, 3), dims=(64, 128, 320, 512))
     return _create_van('van_b4', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b5(pretrained: bool = False, **kwargs) -> VAN:
-    model_args = dict(dims=(96, 192, 480, 768), depths=(3, 3, 24, 3))
+    model_args = dict(depths=(3, 3, 24, 3), dims=(96, 192, 480, 768))
     return _create_van('van_b5', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b6(pretrained: bool = False, **kwargs) -> VAN:
     # stage-3 width 384 as the official code (some OpenMMLab docs quote the 480-wide 283.9M model)
-    model_args = dict(dims=(96, 192, 384, 768), depths=(6, 6, 90, 6))
+    model_args = dict(depths=(6, 6, 90, 6), dims=(96, 192, 384, 768))
     return _create_van('van_b6', pretrained, **dict(model_args, **kwargs))
