@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 from .options import BENCH_MODES, FORMS, KERNEL_DTYPES, KERNEL_MODELS, PRECISION_NAMES
 from ..cli_args import check_output_folder, non_negative_int, positive_int
 from ..utils import atomic_write_text, csv_text
-from ..zoo.commands import load_model, resolve_model_name
+from ..zoo.commands import add_weights_arguments, load_model, resolve_model_name
 
 
 class _Progress:
@@ -313,12 +313,7 @@ def add_commands(subparsers) -> None:
     p.add_argument('--num-images', type=positive_int, default=16, help='images the ERF is averaged over')
     p.add_argument('-b', '--batch-size', type=positive_int, default=4, help='images per forward/backward pass')
     p.add_argument('--data-dir', default=None, help='image folder to draw images from (default: Gaussian noise)')
-    p.add_argument('--pretrained', action='store_true', help='load the published weights')
-    p.add_argument('--checkpoint', default=None,
-                   help='lkconv training checkpoint, deploy checkpoint, official or timm weights file')
-    p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
-    p.add_argument('--num-classes', type=non_negative_int, default=None,
-                   help="classifier size of a plain weights file (default: the model's)")
+    add_weights_arguments(p)
     p.add_argument('--device', default=None, help='cpu or cuda[:N] (default: cuda if available)')
     p.add_argument('--out', default=None,
                    help='folder for erf_<model>.png and erf.csv (default: a new output/erf/<date>-<time>)')

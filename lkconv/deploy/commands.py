@@ -7,8 +7,8 @@ import copy
 import sys
 from pathlib import Path
 
-from ..cli_args import check_output_file, non_negative_int, positive_int
-from ..zoo.commands import load_model, resolve_model_name
+from ..cli_args import check_output_file, positive_int
+from ..zoo.commands import add_weights_arguments, load_model, resolve_model_name
 
 
 def _load(args, reparam: bool, out_example: str):
@@ -108,19 +108,10 @@ def cmd_hub_export(args) -> int:
     return 0
 
 
-def _add_weights_arguments(p, checkpoints: str = 'lkconv training checkpoint, deploy checkpoint') -> None:
-    """Which model, with which weights: what `lkconv.zoo.commands.load_model` reads."""
-    p.add_argument('model', nargs='?', default=None,
-                   help=f'timm model name (optional when the checkpoint is an {checkpoints.replace(", ", " or ")})')
-    p.add_argument('--checkpoint', default=None, help=f'{checkpoints}, official or timm weights file')
-    p.add_argument('--pretrained', action='store_true', help='the published weights')
-    p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
-    p.add_argument('--num-classes', type=non_negative_int, default=None,
-                   help="classifier size of a plain weights file (default: the model's)")
-
-
 def _add_model_arguments(p) -> None:
-    _add_weights_arguments(p)
+    p.add_argument('model', nargs='?', default=None,
+                   help='timm model name (optional when the checkpoint is an lkconv training or deploy checkpoint)')
+    add_weights_arguments(p)
     p.add_argument('--img-size', type=positive_int, default=None,
                    help="input side in pixels (default: the model's evaluation input size)")
     p.add_argument('--tolerance', type=float, default=1e-4, help='largest accepted relative error (exit 1 above)')
@@ -150,6 +141,8 @@ def add_commands(subparsers) -> None:
         description="Write the weights (model.safetensors) and config.json the way timm's save_for_hf does, with "
                     "the run's preprocessing and class names, for timm.create_model('local-dir:DIR', "
                     "pretrained=True) or an upload to the Hugging Face hub.")
-    _add_weights_arguments(p, checkpoints='lkconv training checkpoint (e.g. RUN/best.pth.tar)')
+    p.add_argument('model', nargs='?', default=None,
+                   help='timm model name (optional for an lkconv training checkpoint)')
+    add_weights_arguments(p, checkpoints='lkconv training checkpoint (e.g. RUN/best.pth.tar)')
     p.add_argument('--out', required=True, help='folder to create (must not exist, or be empty)')
     p.set_defaults(func=cmd_hub_export)

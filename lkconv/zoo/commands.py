@@ -4,6 +4,8 @@ torch, timm and the models are imported inside the command functions: see `lkcon
 """
 from typing import Any, Dict, Optional, Tuple
 
+from ..cli_args import non_negative_int
+
 
 
 def resolve_model_name(name: str, command: str) -> str:
@@ -13,6 +15,16 @@ def resolve_model_name(name: str, command: str) -> str:
         return check_model_name(name)
     except ValueError as e:
         raise SystemExit(f'lkconv {command}: {e}') from None
+
+
+def add_weights_arguments(p, checkpoints: str = 'lkconv training checkpoint, deploy checkpoint') -> None:
+    """The options `load_model` reads: which weights the model gets (`checkpoints`: what --checkpoint takes
+    besides official and timm weights files)."""
+    p.add_argument('--checkpoint', default=None, help=f'{checkpoints}, official or timm weights file')
+    p.add_argument('--pretrained', action='store_true', help='the published weights')
+    p.add_argument('--use-ema', action='store_true', help="a training checkpoint's EMA weights")
+    p.add_argument('--num-classes', type=non_negative_int, default=None,
+                   help="classifier size of a plain weights file (default: the model's)")
 
 
 def load_model(args, command: str, name: Optional[str], reparam: bool) -> Tuple[Any, Dict[str, Any], str]:
