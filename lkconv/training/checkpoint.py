@@ -2,8 +2,9 @@
 
 Every file of a run (checkpoints, summary, resolved config) is written to a temporary file in the same
 folder, flushed to disk and renamed over the target: a reader sees the old file or the new one, never a
-partial one. A checkpoint holds everything `--resume` needs to continue exactly where the run stopped;
-its `state_dict` / `state_dict_ema` keys are the ones timm's own loaders read.
+partial one. A checkpoint holds everything `--resume` needs to continue exactly where the run stopped
+(with sparse training, the masks too: `sparse_masks`); its `state_dict` / `state_dict_ema` keys are the
+ones timm's own loaders read.
 """
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -16,11 +17,12 @@ from ..utils import TEMP_MARK, atomic_write
 from ..zoo.checkpoints import LABEL_NAMES, CheckpointError, load_checkpoint
 
 __all__ = [
-    'CHECKPOINT_VERSION', 'CheckpointError', 'LABEL_NAMES', 'check_resumable', 'load_checkpoint', 'make_checkpoint', 'remove_temp_files', 'restore_checkpoint',
-    'save_checkpoint',
+    'CHECKPOINT_VERSION', 'CheckpointError', 'LABEL_NAMES', 'SPARSE_MASKS', 'check_resumable', 'load_checkpoint',
+    'make_checkpoint', 'remove_temp_files', 'restore_checkpoint', 'save_checkpoint',
 ]
 
 CHECKPOINT_VERSION = 1
+SPARSE_MASKS = 'sparse_masks'  # the sparse-training masks by parameter name (lkconv.training.sparsity)
 PathLike = Union[str, Path]
 
 
@@ -58,8 +60,10 @@ def make_checkpoint(
         loss_scaler=None,
         model_ema: Optional[nn.Module] = None,
         label_names: Optional[List[str]] = None,
+        masker=None,
 ) -> Dict[str, Any]:
-    """The state after `epoch` completed epochs; `label_names`: the training set's class names by output."""
+    """The state after `epoch` completed epochs; `label_names`: the training set's class names by output;
+    `masker`: the run's `SparseMasker`, if it trains sparse."""
     model = unwrap_model(model)
     state = {
         'version': CHECKPOINT_VERSION,
@@ -82,6 +86,8 @@ def make_checkpoint(
         state['state_dict_ema'] = unwrap_model(model_ema).state_dict()
     if label_names is not None:
         state[LABEL_NAMES] = list(label_names)
+    if masker is not None:
+        state[SPARSE_MASKS] = masker.state_dict()
     return state
 
 
@@ -92,16 +98,24 @@ def restore_checkpoint(
         scheduler=None,
         loss_scaler=None,
         model_ema: Optional[nn.Module] = None,
+        masker=None,
 ) -> None:
     """Load a `make_checkpoint` state (see `check_resumable`) into freshly built training objects (strictly)."""
     if model_ema is not None and 'state_dict_ema' not in checkpoint:
         raise CheckpointError('checkpoint lacks state_dict_ema: its run trained without EMA')
+    if masker is not None and SPARSE_MASKS not in checkpoint:
+        raise CheckpointError(f'checkpoint lacks {SPARSE_MASKS}: its run trained without sparse.enabled')
     try:
         unwrap_model(model).load_state_dict(checkpoint['state_dict'])
         if model_ema is not None:
             unwrap_model(model_ema).load_state_dict(checkpoint['state_dict_ema'])
     except RuntimeError as e:
         raise CheckpointError(f'checkpoint does not match the model: {e}') from e
+    if masker is not None:
+        try:
+            masker.load_state_dict(checkpoint[SPARSE_MASKS])
+        except ValueError as e:
+            raise CheckpointError(f'checkpoint does not match the model: {e}') from e
     optimizer.load_state_dict(checkpoint['optimizer'])
     if scheduler is not None and 'scheduler' in checkpoint:
         scheduler.load_state_dict(checkpoint['scheduler'])

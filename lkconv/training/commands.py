@@ -19,7 +19,7 @@ __all__ = ['add_commands']
 
 _TRAIN_EPILOG = """\
 overrides are section.key=value, e.g. optim.lr=1e-3 data.batch_size=64 train.amp=true
-(sections: model, data, optim, sched, train, output; see docs/training.md). timm's train.py flags are
+(sections: model, data, optim, sched, train, sparse, output; see docs/training.md). timm's train.py flags are
 config keys here: --amp is train.amp=true, --lr 0.1 is optim.lr=0.1, -b 64 is data.batch_size=64.
 
 examples:
@@ -37,6 +37,7 @@ _TIMM_FLAGS = {
     '-vb': 'data.val_batch_size', '--validation-batch-size': 'data.val_batch_size', '-j': 'data.workers',
     '--pin-mem': 'data.pin_memory', '--opt-eps': 'optim.eps', '--opt-betas': 'optim.betas', '--sched': 'sched.name',
     '--sched-on-updates': 'sched.on_updates', '--torchcompile': 'train.compile', '--output': 'output.dir',
+    '--sparse': 'sparse.enabled',  # SLaK's main.py flag
 }
 
 

@@ -1,4 +1,4 @@
-"""Training configs: a YAML file (sections model, data, optim, sched, train, output), composed from base
+"""Training configs: a YAML file (sections model, data, optim, sched, train, sparse, output), composed from base
 files, overridden from the command line, and validated before any work starts.
 
 A file may name the files it builds on with a top-level `base:` (a path or a list of paths, relative to
@@ -25,8 +25,8 @@ from ..utils import close_matches
 
 __all__ = [
     'Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'OutputConfig', 'SchedConfig',
-    'TrainConfig', 'EMBEDDED_DATASETS', 'config_keys', 'config_problem', 'config_to_dict', 'dump_config',
-    'load_config', 'parse_config',
+    'SparseConfig', 'TrainConfig', 'EMBEDDED_DATASETS', 'config_keys', 'config_problem', 'config_to_dict',
+    'dump_config', 'load_config', 'parse_config',
 ]
 
 # datasets lkconv writes out itself (see lkconv.training.data); every other name goes to timm's create_dataset
@@ -146,6 +146,21 @@ class TrainConfig:
 
 
 @dataclass
+class SparseConfig:
+    """Dynamic sparse training as SLaK does it (lkconv.training.sparsity); the names are the official flags'."""
+    enabled: bool = False  # --sparse
+    sparsity: float = 0.4  # fraction of zeros over the masked tensors (density 1 - sparsity)
+    init: Literal['snip', 'uniform', 'ERK', 'resume'] = 'snip'  # --sparse_init: the layer-wise densities
+    prune: Literal['magnitude'] = 'magnitude'
+    growth: Literal['random', 'gradient', 'momentum'] = 'random'
+    prune_rate: float = 0.3  # fraction of a tensor's active weights replaced per update, at the start
+    decay_schedule: Literal['cosine', 'linear'] = 'cosine'  # the prune rate's decay over the run
+    update_frequency: int = 100  # -u: optimizer steps between topology updates
+    fix: bool = False  # keep the initial masks (no topology updates)
+    only_L: bool = False  # --only-L: mask only SLaK's two rectangular kernels (not the small one)
+
+
+@dataclass
 class OutputConfig:
     dir: str = 'output/train'
     experiment: Optional[str] = None  # run folder name under dir; None: <model>-<date>-<time>
@@ -159,6 +174,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sparse: SparseConfig = field(default_factory=SparseConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     # where each `section.key` was set, for `config_problem`; set by load_config / parse_config. A plain
@@ -414,7 +430,7 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
     if not config.model.name:
         problems.append(f"{where('model.name')}: model.name: required (a registered model, e.g. 'unireplknet_a')")
     positive = ('data.batch_size', 'data.recount', 'optim.lr_base_size', 'train.epochs', 'train.grad_accum_steps',
-                'train.val_interval', 'output.log_interval')
+                'train.val_interval', 'sparse.update_frequency', 'output.log_interval')
     for key in positive:
         section, name = key.split('.')
         if getattr(getattr(config, section), name) < 1:
@@ -449,6 +465,13 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
         value = getattr(config.optim, key.split('.')[1])
         if value is not None and not value > 0:
             problems.append(f'{where(key)}: {key}: must be positive, got {value:g}')
+    sparse = config.sparse
+    if not 0 < sparse.sparsity < 1:
+        problems.append(f"{where('sparse.sparsity')}: sparse.sparsity: must be above 0 and below 1 (the fraction of "
+                        f"masked weights that are zero), got {sparse.sparsity:g}")
+    if not 0 < sparse.prune_rate <= 1:
+        problems.append(f"{where('sparse.prune_rate')}: sparse.prune_rate: must be above 0 and at most 1 (the fraction "
+                        f"of active weights replaced per update), got {sparse.prune_rate:g}")
     if config.data.val_batch_size is not None and config.data.val_batch_size < 1:
         problems.append(f"{where('data.val_batch_size')}: data.val_batch_size: must be at least 1 (or null: "
                         f"data.batch_size)")

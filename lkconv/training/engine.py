@@ -2,8 +2,8 @@
 
 A training step: Mixup/CutMix on the batch, forward under autocast, the loss, backward (through timm's
 loss scaler for fp16), gradient accumulation over `grad_accum_steps` batches (without DDP gradient sync
-on the intermediate ones), gradient clipping, the optimizer step, then the EMA update and, for
-per-update schedules, the learning-rate step.
+on the intermediate ones), gradient clipping, the optimizer step, then (with sparse training) the masks,
+the EMA update and, for per-update schedules, the learning-rate step.
 """
 import math
 import time
@@ -59,8 +59,10 @@ def train_one_epoch(
         loss_scaler=None,
         mixup=None,
         model_ema=None,
+        masker=None,
 ) -> EpochResult:
-    """Train for one epoch (`epoch` counts from 1); returns the epoch's loss, throughput and update count."""
+    """Train for one epoch (`epoch` counts from 1); returns the epoch's loss, throughput and update count.
+    `masker`: a `lkconv.training.sparsity.SparseMasker` for sparse training."""
     train, optim = config.train, config.optim
     model.train()
     loss_fn.train()
@@ -102,10 +104,17 @@ def train_one_epoch(
                         dispatch_clip_grad(clip_params, optim.clip_grad, mode=optim.clip_mode)
                     optimizer.step()
         if need_update:
-            optimizer.zero_grad(set_to_none=True)
             num_updates += 1
+            if masker is not None:  # before zero_grad: gradient growth reads this step's gradients
+                topology_update = masker.step(num_updates)
+                if topology_update is not None:
+                    logger.info(str(topology_update))
+            optimizer.zero_grad(set_to_none=True)
             if model_ema is not None:
-                model_ema.update(model, step=num_updates)
+                if masker is not None:
+                    masker.update_ema(model_ema, model, num_updates)
+                else:
+                    model_ema.update(model, step=num_updates)
             if scheduler is not None and config.sched.on_updates:
                 scheduler.step_update(num_updates=num_updates)
         loss_sum += loss.detach().double() * x.size(0)

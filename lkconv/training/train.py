@@ -1,8 +1,9 @@
 """Train a model from a validated `Config`: one process, or one per GPU under torchrun on one or many nodes.
 
 `train(config)` builds every piece from timm (dataset and loaders, Mixup/CutMix, optimizer with layer
-decay, scheduler with warm-up, EMA, AMP and loss scaler, DDP), runs the epochs with
-`lkconv.training.engine`, and writes the run folder:
+decay, scheduler with warm-up, EMA, AMP and loss scaler, DDP) and, with `sparse.enabled`, the masks of
+dynamic sparse training (`lkconv.training.sparsity`), runs the epochs with `lkconv.training.engine`, and
+writes the run folder:
 
   config.yaml      the resolved config (feed it back with `lkconv train -c`)
   train.log        the log
@@ -59,6 +60,7 @@ from .run_folder import (
     BEST_CHECKPOINT, LAST_CHECKPOINT, RESOLVED_CONFIG, RESUME_LATEST, RunFolderError, resolve_run_folder,
     run_config_path,
 )
+from .sparsity import SparseMasker
 from .summary import EpochSummary
 
 __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATEST', 'RunFolderError',
@@ -70,7 +72,7 @@ __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATE
 _RESTORED_BY_RESUME = (
     'model.name', 'model.num_classes', 'model.in_chans', 'model.kwargs', 'optim.opt', 'optim.lr', 'optim.lr_base',
     'optim.lr_base_size', 'optim.lr_base_scale', 'optim.weight_decay', 'optim.momentum', 'optim.eps',
-    'optim.betas', 'optim.layer_decay', 'sched.*', 'train.epochs', 'train.model_ema',
+    'optim.betas', 'optim.layer_decay', 'sched.*', 'train.epochs', 'train.model_ema', 'sparse.*',
 )
 
 
@@ -290,6 +292,28 @@ def _start_run(config: Config, ctx: DistributedContext, run_dir: Path, logger) -
     ctx.barrier()
 
 
+def _create_masker(config: Config, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,
+                   train_loader, fresh: bool, logger) -> Optional[SparseMasker]:
+    """The sparse-training masks (None unless sparse.enabled) over `total_steps` optimizer steps; a new run
+    draws them now (SNIP from the loader's first batch), a resumed one takes them from its checkpoint."""
+    sparse = config.sparse
+    if not sparse.enabled:
+        return None
+    try:
+        masker = SparseMasker(
+            model, optimizer, sparsity=sparse.sparsity, init=sparse.init, growth=sparse.growth,
+            prune_rate=sparse.prune_rate, decay_schedule=sparse.decay_schedule,
+            update_frequency=sparse.update_frequency, fix=sparse.fix, only_large_kernels=sparse.only_L,
+            total_steps=total_steps, seed=config.train.seed)
+    except ValueError as e:  # nothing to mask
+        key = 'sparse.only_L' if sparse.only_L else 'sparse.enabled'
+        raise ConfigError([config_problem(config, key, str(e))]) from None
+    if fresh:
+        masker.initialize(batch=lambda: next(iter(train_loader)))
+        logger.info(masker.describe())
+    return masker
+
+
 def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Optional[Dict[str, Any]],
          changes: List[str], meta_model: Optional[nn.Module], logger, started: float) -> Path:
     train_cfg, data_cfg = config.train, config.data
@@ -343,8 +367,6 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
     autocast = autocast_factory(ctx.device.type, amp_dtype if train_cfg.amp else None)
     loss_scaler = NativeScaler(device=ctx.device.type) if train_cfg.amp and amp_dtype == torch.float16 \
         and use_cuda else None
-    model_ema = ModelEmaV3(model, decay=train_cfg.model_ema_decay, use_warmup=train_cfg.model_ema_warmup) \
-        if train_cfg.model_ema else None
 
     updates_per_epoch = math.ceil(len(train_loader) / train_cfg.grad_accum_steps)
     sched = config.sched
@@ -356,10 +378,15 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
         plateau_mode='min' if train_cfg.eval_metric == 'loss' else 'max',
         step_on_epochs=not sched.on_updates, updates_per_epoch=updates_per_epoch)
     stop_epoch = min(total_epochs, train_cfg.stop_epoch or total_epochs)
+    masker = _create_masker(config, model, optimizer, updates_per_epoch * total_epochs, train_loader,
+                            fresh=checkpoint is None, logger=logger)
+    # after the initial masks, so that the average starts as sparse as the weights
+    model_ema = ModelEmaV3(model, decay=train_cfg.model_ema_decay, use_warmup=train_cfg.model_ema_warmup) \
+        if train_cfg.model_ema else None
 
     start_epoch, num_updates, best_metric, best_epoch = 0, 0, None, None
     if checkpoint is not None:
-        restore_checkpoint(checkpoint, model, optimizer, scheduler, loss_scaler, model_ema)
+        restore_checkpoint(checkpoint, model, optimizer, scheduler, loss_scaler, model_ema, masker)
         start_epoch, num_updates = checkpoint['epoch'], checkpoint.get('num_updates', 0)
         best_metric, best_epoch = checkpoint.get('best_metric'), checkpoint.get('best_epoch')
         if scheduler is not None and start_epoch > 0:
@@ -406,7 +433,7 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
             result = train_one_epoch(
                 model, train_loader, optimizer, loss_fn, ctx, config, epoch=epoch, epochs=total_epochs,
                 num_updates=num_updates, autocast=autocast, logger=logger, scheduler=scheduler,
-                loss_scaler=loss_scaler, mixup=mixup, model_ema=model_ema)
+                loss_scaler=loss_scaler, mixup=mixup, model_ema=model_ema, masker=masker)
             num_updates = result.num_updates
             if ctx.distributed and train_cfg.dist_bn:
                 distribute_bn(model, ctx.world_size, train_cfg.dist_bn == 'reduce')
@@ -433,7 +460,8 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
                 state = make_checkpoint(
                     epoch=epoch, model=model, optimizer=optimizer, config=config_dict, data_config=data_config,
                     num_updates=num_updates, metric=metric, best_metric=best_metric, best_epoch=best_epoch,
-                    scheduler=scheduler, loss_scaler=loss_scaler, model_ema=model_ema, label_names=label_names)
+                    scheduler=scheduler, loss_scaler=loss_scaler, model_ema=model_ema, label_names=label_names,
+                    masker=masker)
                 save_checkpoint(state, run_dir / LAST_CHECKPOINT)
                 if improved:
                     atomic_copy(run_dir / LAST_CHECKPOINT, run_dir / BEST_CHECKPOINT)
