@@ -175,6 +175,9 @@ DEPTHWISE_CASES = [
     ((13, 13), (1, 1), (1, 1), torch.bfloat16, True),     # UniRepLKNet
     ((13, 13), (1, 1), (1, 1), torch.float16, False),
     ((31, 31), (1, 1), (1, 1), torch.float32, False),     # RepLKNet, kernel larger than the map
+    ((29, 29), (1, 1), (1, 1), torch.float16, True),
+    ((51, 5), (1, 1), (1, 1), torch.bfloat16, False),     # SLaK's bands
+    ((5, 49), (1, 1), (1, 1), torch.float32, True),
     ((1, 11), (1, 1), (1, 1), torch.float32, False),      # InceptionNeXt bands
     ((11, 1), (1, 1), (1, 1), torch.bfloat16, True),
     ((3, 3), (1, 1), (5, 5), torch.float16, True),        # UniRepLKNet's widest dilated branch
@@ -478,7 +481,7 @@ def test_bench_kernels_smoke_run(tmp_path):
     assert {c['dtype'] for c in checks} == {'float32', 'float16', 'bfloat16'}
     assert {c['layout'] for c in checks} == {'nchw', 'channels_last'}
     models = {m for r in speed for m in r['models']}
-    assert models == {'unireplknet_t', 'van_b2', 'lsnet_t', 'inceptionnext_tiny'}
+    assert models == {'unireplknet_t', 'van_b2', 'lsnet_t', 'inceptionnext_tiny'}  # the interpreted default
     for r in speed:
         assert set(r['ms']) == {'torch/nchw', 'torch/channels_last', 'triton/nchw', 'triton/channels_last'}
     assert any(r['op'] == 'ska' for r in speed)

@@ -13,7 +13,7 @@ def test_every_family_lists_what_it_registers():
     for family in zoo.FAMILIES:
         assert list(zoo.family_models(family)) == timm.list_models(module=family), family
     registered = [n for f in zoo.FAMILIES for n in timm.list_models(module=f)]
-    assert zoo.list_models() == lkconv.list_models() == registered and len(registered) == 32
+    assert zoo.list_models() == lkconv.list_models() == registered and registered
 
 
 @pytest.mark.parametrize('filter', ['', 'van*', '*_t', 'unireplknet_t', 'van_b4.in22k', 'lsnet_*.in1k', 'nope'])

@@ -37,7 +37,8 @@ from ..utils import atomic_write_text, autocast_factory, count_params, csv_text,
 from ..version import __version__
 
 __all__ = [
-    'count_gmacs', 'time_forward', 'Timing', 'ModelSpec', 'resolve_models', 'BenchSettings',
+    'count_gmacs', 'count_nonzero_params', 'zero_weight_macs', 'time_forward', 'Timing', 'ModelSpec',
+    'resolve_models', 'BenchSettings',
     'BenchmarkResult', 'run_benchmark', 'published_top1', 'write_results', 'format_table', 'CSV_COLUMNS',
     'PRECISIONS', 'FORMS', 'BENCH_MODES', 'TIMING_METHOD', 'describe_run', 'device_name',
 ]
@@ -52,6 +53,56 @@ TIMING_METHOD = (
 def count_gmacs(model: nn.Module, input_size: Tuple[int, int, int]) -> float:
     """GMACs of one image through `model` (see `lkconv.bench.flops` for what is counted)."""
     return count_flops(model, input_size).gmacs
+
+
+# ------------------------------------------------------------------------------------------ sparsity
+# Sparse-trained models (SLaK) store their pruned weights as zeros of dense tensors and publish parameter and
+# FLOP counts of the non-zeros only; the `*_nonzero` columns count that way, next to the dense ones.
+
+_WEIGHTED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    """Parameters less the exact zeros of weight matrices and kernels (tensors of 2 or more dimensions, what
+    sparse training masks); biases, norm parameters and layer scales count whatever their value."""
+    zeros = sum(int((p == 0).sum()) for p in model.parameters() if p.dim() >= 2)
+    return count_params(model) - zeros
+
+
+@torch.no_grad()
+def zero_weight_macs(model: nn.Module, input_size: Tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one image that multiply a zero weight of a conv or linear layer.
+
+    Each weight of such a layer is used once per output position (per output pixel of a conv, per row of a
+    linear), so a layer's zero weights cost (its zeros) x (its output positions). Dense GMACs less this is the
+    sparse count of SLaK's `FLOPs_counter.py`. No forward pass is run when no such weight is zero.
+    """
+    zeros = {}
+    for module in model.modules():
+        weight = getattr(module, 'weight', None)
+        if isinstance(module, _WEIGHTED_LAYERS) and isinstance(weight, torch.Tensor):
+            count = int((weight == 0).sum())
+            if count:
+                zeros[module] = count
+    if not zeros:
+        return 0
+    total = 0
+
+    def record(module: nn.Module, args, output: torch.Tensor) -> None:
+        nonlocal total
+        out_features = output.shape[-1] if isinstance(module, nn.Linear) else output.shape[1]
+        total += zeros[module] * (output.numel() // out_features)
+
+    hooks = [m.register_forward_hook(record) for m in zeros]
+    training = model.training
+    try:
+        param = next(model.parameters())
+        model.eval()(torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 @dataclass
@@ -338,10 +389,13 @@ class _Session:
         for form in s.forms:
             form_model = reparameterize_model(model) if form == 'deploy' else model
             row = dict(model=spec.name, source=spec.source, form=form, infer_img_size=input_size[-1],
-                       param_count=round(count_params(form_model) / 1e6, 3))
+                       param_count=round(count_params(form_model) / 1e6, 3),
+                       param_count_nonzero=round(count_nonzero_params(form_model) / 1e6, 3))
             if s.flops:
                 flops = count_flops(form_model, input_size)
-                row.update(infer_gmacs=round(flops.gmacs, 4), infer_macts=round(flops.macts, 2),
+                nonzero_gmacs = flops.gmacs - zero_weight_macs(form_model, input_size) / 1e9
+                row.update(infer_gmacs=round(flops.gmacs, 4), infer_gmacs_nonzero=round(nonzero_gmacs, 4),
+                           infer_macts=round(flops.macts, 2),
                            infer_elementwise_gops=round(flops.elementwise_gops, 4),
                            flops_not_counted=flops.not_counted_summary())
             row['top1'] = top1
@@ -462,6 +516,9 @@ def _meta(settings: BenchSettings, baseline: Optional[str], started: float, comp
         date=time.strftime('%Y-%m-%d %H:%M:%S'), seconds=round(time.time() - started, 1),
         flop_convention=FLOP_CONVENTION, timing=TIMING_METHOD,
         param_count='millions, of the form in the row',
+        nonzero='param_count_nonzero / infer_gmacs_nonzero: without the exact zeros of weight matrices and '
+                'kernels (2+ dims) and the multiply-accumulates of those zero conv/linear weights, as sparse '
+                'models (SLaK) publish their counts',
         train_columns='always measured on the training form (SGD, cross-entropy, random targets)',
         peak_mem='CUDA only: peak allocated during warm-up beyond what was allocated before, plus the '
                  "model's parameters, buffers and input batch",
@@ -472,7 +529,8 @@ def _meta(settings: BenchSettings, baseline: Optional[str], started: float, comp
 
 # timm's benchmark.py names first, then what this benchmark adds
 CSV_COLUMNS = (
-    'model', 'source', 'form', 'param_count', 'infer_img_size', 'infer_gmacs', 'infer_macts',
+    'model', 'source', 'form', 'param_count', 'param_count_nonzero', 'infer_img_size', 'infer_gmacs',
+    'infer_gmacs_nonzero', 'infer_macts',
     'infer_batch_size', 'infer_samples_per_sec', 'infer_step_time', 'infer_step_time_iqr',
     'infer_samples_per_sec_ratio', 'infer_peak_mem_mb', 'train_img_size', 'train_batch_size',
     'train_samples_per_sec', 'train_step_time', 'train_step_time_iqr', 'train_samples_per_sec_ratio',
@@ -501,8 +559,9 @@ def format_table(result: BenchmarkResult) -> str:
     baseline = result.meta.get('baseline') or 'baseline'
     columns = [  # header, key, format
         ('model', 'model', 's'), ('form', 'form', 's'), ('img', 'infer_img_size', 'd'),
-        ('params M', 'param_count', '.2f'),
-        ('GMACs', 'infer_gmacs', '.3f'), ('elementwise G', 'infer_elementwise_gops', '.3f'),
+        ('params M', 'param_count', '.2f'), ('non-zero M', 'param_count_nonzero', '.2f'),
+        ('GMACs', 'infer_gmacs', '.3f'), ('non-zero GMACs', 'infer_gmacs_nonzero', '.3f'),
+        ('elementwise G', 'infer_elementwise_gops', '.3f'),
         ('infer img/s', 'infer_samples_per_sec', '.1f'), ('infer ms', 'infer_step_time', '.2f'),
         ('IQR ms', 'infer_step_time_iqr', '.2f'), (f'x {baseline}', 'infer_samples_per_sec_ratio', '.2f'),
         ('train img/s', 'train_samples_per_sec', '.1f'), ('train ms', 'train_step_time', '.2f'),
@@ -512,6 +571,9 @@ def format_table(result: BenchmarkResult) -> str:
     ]
     rows = [r for r in result.rows if 'param_count' in r]  # built, possibly with a failed workload
     columns = [c for c in columns if any(r.get(c[1]) not in (None, '') for r in rows)]
+    # the non-zero counts only where some model has zero weights (a sparse-trained checkpoint)
+    dense = {'param_count_nonzero': 'param_count', 'infer_gmacs_nonzero': 'infer_gmacs'}
+    columns = [c for c in columns if c[1] not in dense or any(r.get(c[1]) != r.get(dense[c[1]]) for r in rows)]
     cells = [[h for h, _, _ in columns]] + [[_fmt(r.get(k), f) for _, k, f in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = []

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .options import BENCH_MODES, FORMS, KERNEL_DTYPES, KERNEL_MODELS, PRECISION_NAMES
+from .options import BENCH_MODES, FORMS, INTERPRETED_KERNEL_MODELS, KERNEL_DTYPES, KERNEL_MODELS, PRECISION_NAMES
 from ..cli_args import check_output_folder, non_negative_int, positive_int
 from ..utils import atomic_write_text, csv_text
 from ..zoo.commands import add_weights_arguments, load_model, resolve_model_name
@@ -263,6 +263,7 @@ def cmd_demo(args) -> None:
 
 def cmd_bench_kernels(args) -> int:
     from .kernels import run
+    args.models = args.models or list(INTERPRETED_KERNEL_MODELS if args.smoke else KERNEL_MODELS)
     return run(args)
 
 
@@ -329,7 +330,9 @@ def add_commands(subparsers) -> None:
         description="Check the Triton depthwise-conv and SKA kernels against PyTorch at every convolution the "
                     "models run (all dtypes, both layouts: forward, input and weight gradients), then time "
                     "forward+backward of every path. Needs a CUDA GPU, or --smoke on the CPU.")
-    p.add_argument('--models', nargs='+', default=list(KERNEL_MODELS), help='models whose convolutions to run')
+    p.add_argument('--models', nargs='+', default=None,
+                   help=f"models whose convolutions to run (default: {' '.join(KERNEL_MODELS)}; with --smoke "
+                        f"{' '.join(INTERPRETED_KERNEL_MODELS)})")
     p.add_argument('--img-size', type=positive_int, default=224, help='input side the geometries come from')
     p.add_argument('--batch', type=positive_int, default=128, help='batch of the timed steps')
     p.add_argument('--dtype', choices=KERNEL_DTYPES, default='bfloat16', help='dtype of the timed steps')

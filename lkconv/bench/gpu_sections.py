@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .options import KERNEL_MODELS
+from .options import INTERPRETED_KERNEL_MODELS, KERNEL_MODELS
 from . import kernels
 
 __all__ = ['CheckSettings', 'Section', 'SECTIONS', 'KERNEL_MODELS', 'E2E_MODELS', 'E2E_REFERENCES']
@@ -153,8 +153,9 @@ def _copy_bandwidth(gib: float = 2.0, repeats: int = 10) -> float:
 # ------------------------------------------------------------------------------------------- kernels
 
 def _kernel_cases(settings: CheckSettings) -> List[kernels.KernelCase]:
-    cases = kernels.model_cases(KERNEL_MODELS)
-    return kernels.shrink_cases(cases) if settings.smoke else cases
+    if settings.smoke:
+        return kernels.shrink_cases(kernels.model_cases(INTERPRETED_KERNEL_MODELS))
+    return kernels.model_cases(KERNEL_MODELS)
 
 
 class KernelCorrectness(Section):

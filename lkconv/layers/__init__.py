@@ -5,6 +5,8 @@ from .depthwise_conv import (
     set_depthwise_backend,
 )
 from .dilated_reparam import DILATED_BRANCHES, DilatedReparamBlock
+from .decomposed_large_kernel import DecomposedLargeKernelConv
+from .reparam_large_kernel import ReparamLargeKernelConv
 from .grn import GlobalResponseNormNHWC
 from .inception_dwconv import InceptionDWConv2d
 from .large_kernel_attention import LargeKernelAttention

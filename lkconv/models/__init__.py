@@ -5,3 +5,5 @@ from .inceptionnext import InceptionNeXt
 from .van import VAN
 from .lsnet import LSNet
 from .fdconv_nets import FDConvResNet
+from .replknet import RepLKNet
+from .slak import SLaK

@@ -1,15 +1,49 @@
-"""Checkpoints on their way into a model: unwrapping the weights, and checking their classifier size.
+"""Checkpoints on their way into a model: fetching a URL's file, unwrapping the weights, and checking their
+classifier size.
 
+`fetch_url_weights` runs before a model whose weights are behind share links is built;
 `unwrap_state_dict` is the first step of every family's `checkpoint_filter_fn`; `check_classifier_size` runs
 after the filter for pretrained weights (see `create_backbone`).
 """
+import hashlib
+import logging
+import os
 from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import clean_state_dict, get_arch_pretrained_cfgs
+from timm.models import clean_state_dict, get_arch_pretrained_cfgs, resolve_pretrained_cfg
 
-__all__ = ['unwrap_state_dict', 'ClassifierMismatchError', 'check_classifier_size']
+__all__ = ['fetch_url_weights', 'unwrap_state_dict', 'ClassifierMismatchError', 'check_classifier_size']
+
+_logger = logging.getLogger(__name__)
+
+def fetch_url_weights(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Download the weights a cfg's URL names to a file of their own, and have timm load them from there.
+
+    For weights behind share links (Google Drive, SURFdrive): their URL paths end in `uc` or `download`,
+    the name torch.hub would cache every one of them under; and timm's file loader allow-lists the
+    `argparse.Namespace` that official training scripts store in their checkpoints, which its URL loader
+    does not. The file is the cfg's own name where its `url` is a `(url, file name)` pair, else
+    `<variant>-<hash of the url>.pth`, in torch.hub's checkpoint folder (or `cache_dir`). Nothing happens
+    when the weights come from elsewhere (a file, the hub), as timm's source order says.
+    """
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.state_dict is not None or cfg.file or cfg.hf_hub_id or not cfg.url:
+        return
+    if isinstance(cfg.url, (list, tuple)):
+        url, name = cfg.url
+    else:
+        url, name = cfg.url, f'{variant}-{hashlib.sha256(cfg.url.encode()).hexdigest()[:12]}.pth'
+    cache_dir = kwargs.get('cache_dir') or os.path.join(torch.hub.get_dir(), 'checkpoints')
+    file = os.path.join(cache_dir, name)
+    if not os.path.exists(file):
+        os.makedirs(cache_dir, exist_ok=True)
+        _logger.info(f'Downloading {url} to {file}')
+        torch.hub.download_url_to_file(url, file, progress=False)
+    kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=file)
+
 
 # where training scripts keep the weights, in the order timm's `load_state_dict` looks for them
 _WEIGHT_CONTAINERS = ('state_dict', 'model')

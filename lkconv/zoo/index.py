@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 __all__ = ['FAMILIES', 'family_models', 'pretrained_names', 'list_models']
 
 # the model files, one family each, in the order the zoo is listed
-FAMILIES = ('unireplknet', 'inceptionnext', 'van', 'lsnet', 'fdconv_nets')
+FAMILIES = ('unireplknet', 'inceptionnext', 'van', 'lsnet', 'fdconv_nets', 'replknet', 'slak')
 
 _MODELS_DIR = Path(__file__).parents[1] / 'models'
 

@@ -23,8 +23,8 @@ def weights_source(name: str) -> str:
         return f'the published weights of {name}'
     if cfg.hf_hub_id:
         return f"the Hugging Face hub repository '{cfg.hf_hub_id}', file '{cfg.hf_hub_filename or 'model weights'}'"
-    if cfg.url:
-        return f"'{cfg.url}'"
+    if cfg.url:  # a URL, or (URL, the file name it is kept under)
+        return f"'{cfg.url if isinstance(cfg.url, str) else cfg.url[0]}'"
     if cfg.file:
         return f"the file '{cfg.file}'"
     return f'the published weights of {name}'
