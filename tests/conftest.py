@@ -1,8 +1,9 @@
-"""Shared test set-up: where the parity fixtures are, and how their absence is reported.
+"""Shared fixtures (shared functions and tables are in helpers.py).
 
 The parity fixtures live in ../shared/fixtures/parity beside the checkout (override with
 LKCONV_PARITY_DIR). In CI (CI=true) a missing fixture directory is a failure; on a user's machine the
-tests that need it are skipped with a visible reason.
+tests that need it are skipped with a visible reason. A parametrisation over an empty list is an error
+rather than a silent skip.
 """
 import os
 from pathlib import Path
@@ -11,16 +12,29 @@ import pytest
 import torch
 
 import lkconv  # noqa: F401  (registers the models)
+from helpers import write_toy_imagefolder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARITY_DIR = Path(os.environ.get('LKCONV_PARITY_DIR', REPO_ROOT.parent / 'shared' / 'fixtures' / 'parity'))
+
+
+def _in_ci() -> bool:
+    return os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A test parametrised over an empty list fails (pytest would skip it: nothing would be tested)."""
+    for mark in item.iter_markers('skip'):
+        if str(mark.kwargs.get('reason', '')).startswith('got empty parameter set'):
+            pytest.fail(f'parametrised over an empty list: {mark.kwargs["reason"]}', pytrace=False)
 
 
 @pytest.fixture(scope='session')
 def parity_dir() -> Path:
     if not PARITY_DIR.is_dir():
         message = f'parity fixtures not found at {PARITY_DIR} (set LKCONV_PARITY_DIR)'
-        if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+        if _in_ci():
             pytest.fail(message)
         pytest.skip(message)
     return PARITY_DIR
@@ -39,3 +53,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def toy_data(tmp_path_factory) -> Path:
+    """A two-class image folder of 32x32 images (helpers.write_toy_imagefolder), one per test module."""
+    return write_toy_imagefolder(tmp_path_factory.mktemp('toy'))

@@ -1,9 +1,12 @@
-"""Helpers for the parity tests: load an official-behaviour fixture and push it through the user's path."""
+"""The parity fixtures (official outputs on official weights, in ../shared/fixtures/parity): load one, build
+a model from its official-layout checkpoint the way a user does, and compare outputs."""
 from pathlib import Path
 from typing import Dict
 
 import timm
 import torch
+
+from lkconv.utils import relative_error
 
 
 def load_fixture(path: Path) -> Dict:
@@ -21,6 +24,5 @@ def create_from_official(model_name: str, state_dict: Dict[str, torch.Tensor], t
 
 
 def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |ours - ref| relative to the scale of ref."""
-    assert ours.shape == ref.shape, f'shape {tuple(ours.shape)} != {tuple(ref.shape)}'
-    return ((ours.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+    """max |ours - ref| relative to max |ref| (lkconv.utils.relative_error); different shapes are an error."""
+    return relative_error(ours, ref)

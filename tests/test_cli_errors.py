@@ -15,7 +15,7 @@ import lkconv.deploy.commands
 import lkconv.deploy.onnx_export
 from lkconv.cli import main
 from lkconv.zoo.deploy_checkpoint import save_deploy_checkpoint
-from lkconv.zoo.names import did_you_mean
+from lkconv.utils import did_you_mean
 
 
 def _no_work(monkeypatch):

@@ -11,8 +11,7 @@ from lkconv.zoo.deploy_checkpoint import is_deploy_checkpoint, load_deploy_model
 from lkconv.deploy.onnx_export import export_onnx, relative_error, run_onnx
 from lkconv.training.checkpoint import CheckpointError
 from lkconv.training.validate import ValidateOptions, load_eval_model
-from perturb import non_trivial
-from test_contract import SMALLEST_PER_FAMILY
+from helpers import DEPLOY_PARAM_COUNTS, PARAM_COUNTS, SMALLEST_PER_FAMILY, non_trivial
 
 ONNX_TOLERANCE = 1e-4  # relative error, max |onnxruntime - PyTorch| / max |PyTorch|
 
@@ -72,7 +71,7 @@ def test_reparam_and_export_commands(tmp_path, capsys):
     assert main(['reparam', 'unireplknet_a', '--checkpoint', str(weights), '--out', str(deploy)]) == 0
     out = capsys.readouterr().out
     before, after = (int(n.replace(',', '')) for n in re.search(r'([\d,]+) -> ([\d,]+) parameters', out).groups())
-    assert (before, after) == (4_649_060, 4_437_300)  # the official training and deploy forms
+    assert (before, after) == (PARAM_COUNTS['unireplknet_a'], DEPLOY_PARAM_COUNTS['unireplknet_a'])
     assert float(re.search(r'max relative error (\S+)', out).group(1)) <= 1e-4
 
     # a deploy checkpoint is recognised by `validate`'s loader and is not re-parameterised twice

@@ -27,7 +27,7 @@ from lkconv.layers import convert_state_dict_to_fdconv
 from lkconv.models import unireplknet
 from lkconv.models._backbone import ClassifierMismatchError, check_classifier_size
 from parity import load_fixture, rel_error
-from perturb import randomize_batchnorm
+from helpers import randomize_batchnorm
 
 TOL = 1e-4
 

@@ -1,6 +1,5 @@
 """Class names and the run's preprocessing travel with the model: deploy checkpoints, ONNX metadata_props
 and timm hub folders (`lkconv hub-export`, read back by `timm.create_model('local-dir:...')`)."""
-import argparse
 import json
 
 import pytest
@@ -9,7 +8,6 @@ import torch
 from timm.data import resolve_data_config
 from timm.utils import reparameterize_model
 
-from lkconv.deploy import hub_export
 from lkconv.cli import main
 from lkconv.training.config import load_config
 from lkconv.zoo.deploy_checkpoint import load_deploy_model, save_deploy_checkpoint
@@ -17,8 +15,7 @@ from lkconv.deploy.hub_export import save_hub_folder
 from lkconv.deploy.onnx_export import export_onnx, onnx_metadata, read_onnx_metadata
 from lkconv.training.train import train
 from lkconv.training.validate import ValidateOptions, load_eval_model
-from test_contract import SMALLEST_PER_FAMILY
-from test_train import TINY_UNIREPLKNET, toy_overrides, write_toy_imagefolder
+from helpers import SMALLEST_PER_FAMILY, TINY_UNIREPLKNET, toy_overrides, write_toy_imagefolder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
@@ -28,14 +25,9 @@ DATA_CONFIG = dict(input_size=(3, 48, 48), interpolation='bilinear', mean=(0.25,
 LABELS = ['cat', 'dog', 'fox']
 
 
-
-
 def hub_export_command(argv):
-    """`lkconv hub-export ARGV` through the module's own parser."""
-    parser = argparse.ArgumentParser(prog='lkconv')
-    hub_export.add_commands(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(['hub-export', *argv])
-    return args.func(args)
+    """`lkconv hub-export ARGV`."""
+    return main(['hub-export', *argv])
 
 
 @pytest.fixture(scope='module')

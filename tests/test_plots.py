@@ -299,6 +299,6 @@ def test_a_single_timed_step_draws_without_negative_error_bars(tmp_path):
                train_step_time=70.123, train_step_time_iqr=0.0, train_samples_per_sec=28.52,
                infer_batch_size=2, infer_step_time=7.001, infer_step_time_iqr=0.0, infer_samples_per_sec=285.68,
                infer_gmacs=0.642, param_count=4.4)
-    assert 2 / 70.123e-3 > 28.52 and 2 / 7.001e-3 < 285.68  # both directions of rounding
+    # both directions of rounding: 2 / 70.123 ms = 28.5213 > 28.52, 2 / 7.001 ms = 285.673 < 285.68
     assert plot_throughput_bars([row], tmp_path / 'throughput.png', 'cpu, amp_bf16, batch 2, channels_last')
     assert plot_speed([row], dict(settings=dict(batch_size=2)), tmp_path / 'speed.png')

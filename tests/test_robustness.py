@@ -1,10 +1,10 @@
-"""Numerical robustness of every family (smallest model of each): the UniRepLKNet 384x128 case, the smallest
-accepted input, float16 / bfloat16 autocast on CPU (whole models, and alone the layers where float16 could
-overflow), batch size 1 in training, and inputs no model can use.
+"""Numerical robustness of the smallest model of UniRepLKNet, InceptionNeXt, VAN, LSNet and FDConv: the
+UniRepLKNet 384x128 case, the smallest accepted input, float16 / bfloat16 autocast on CPU (whole models, and
+alone the layers where float16 could overflow), batch size 1 in training, and inputs no model can use.
 
-Most checks use `non_trivial` (tests/perturb.py) weights: initialisation makes several branches nearly silent (layer scales of
-1e-6, GRN and some BatchNorm weights at 0, zero attention biases, identity BatchNorm statistics), which would
-hide precision problems in exactly those branches.
+Most checks use `non_trivial` weights (tests/helpers.py): initialisation makes several branches nearly silent
+(layer scales of 1e-6, GRN and some BatchNorm weights at 0, zero attention biases, identity BatchNorm
+statistics), which would hide precision problems in exactly those branches.
 """
 import pytest
 import timm
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from lkconv.detection import TimmFpnBackbone
 from lkconv.layers import FDConv, GlobalResponseNormNHWC, LargeKernelAttention, LSConv
 from lkconv.models.lsnet import LSNetAttention
-from perturb import non_trivial
+from lkconv.utils import relative_error
+from helpers import non_trivial
 
 FAMILY_MODELS = ['unireplknet_a', 'inceptionnext_atto', 'van_b0', 'lsnet_t', 'fdconv_inceptionnext_atto']
 LOW_PRECISION = [torch.bfloat16, torch.float16]
@@ -33,7 +34,7 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
 
 
 def _relative_l2(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
+    return relative_error(ours, ref, norm='l2')
 
 
 def _all_finite(tensors) -> bool:

@@ -3,7 +3,6 @@ survive a killed writer, distillation, and DDP with two gloo processes.
 
 The models are zoo models shrunk through `model.kwargs` (a few ten thousand parameters) on 32x32 images.
 """
-import csv
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from timm.task.distillation import DistillationTeacher
 
 from lkconv.cli import main
@@ -25,48 +23,11 @@ from lkconv.training.train import RESUME_LATEST, RunFolderError, resolve_lr, tra
 from lkconv.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lkconv.training.distillation import DistillationLoss
 from lkconv.training.summary import SUMMARY_COLUMNS
+from helpers import TINY_INCEPTIONNEXT, read_summary, toy_overrides
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_INCEPTIONNEXT = ['model.name=inceptionnext_atto', 'model.kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1]}']
-TINY_UNIREPLKNET = ['model.name=unireplknet_a', 'model.kwargs={dims: [8, 16, 32, 64], depths: [1, 1, 1, 1], '
-                                                'kernel_sizes: [[3], [13], [13], [13]]}']
-
-
-def write_toy_imagefolder(root: Path, per_class: int = 12, val_per_class: int = 4, size: int = 32) -> Path:
-    """Two classes told apart by which half of the image is bright, with noise."""
-    rng = np.random.default_rng(0)
-    for split, count in (('train', per_class), ('val', val_per_class)):
-        for label in range(2):
-            folder = root / split / f'class{label}'
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 100, (size, size, 3))
-                pixels[:, label * size // 2:(label + 1) * size // 2] += 120
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{i}.png')
-    return root
-
-
-def toy_overrides(data_dir: Path, output: Path, experiment: str = 'run'):
-    return [
-        f'data.dir={data_dir}', 'data.val_split=val', 'data.img_size=32', 'data.crop_pct=1.0', 'data.batch_size=4',
-        'data.workers=0', 'data.hflip=0.0', 'data.color_jitter=0.0', 'data.scale=[0.8, 1.0]', 'model.num_classes=2',
-        'train.device=cpu', 'train.epochs=2', 'sched.warmup_epochs=0', 'optim.lr=2e-3',
-        f'output.dir={output}', f'output.experiment={experiment}', 'output.log_interval=2',
-    ]
-
-
-def read_summary(run_dir: Path):
-    with open(run_dir / 'summary.csv', newline='') as f:
-        return list(csv.DictReader(f))
-
-
-
-
-@pytest.fixture(scope='module')
-def toy_data(tmp_path_factory) -> Path:
-    return write_toy_imagefolder(tmp_path_factory.mktemp('toy'))
 
 
 def test_short_run_learns_the_digits(tmp_path):

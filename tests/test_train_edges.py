@@ -24,19 +24,12 @@ from lkconv.training.checkpoint import load_checkpoint, save_checkpoint
 from lkconv.training.run_folder import RunFolderError, resolve_run_folder
 from lkconv.training.config import load_config
 from lkconv.training.validate import ValidateOptions, load_eval_model
-from test_train import TINY_INCEPTIONNEXT, read_summary, toy_overrides, write_toy_imagefolder
+from helpers import TINY_INCEPTIONNEXT, read_summary, toy_overrides, write_toy_imagefolder
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / 'configs' / 'demo' / 'digits_inceptionnext_atto.yaml'
-
-
-
-
-@pytest.fixture(scope='module')
-def toy_data(tmp_path_factory) -> Path:
-    return write_toy_imagefolder(tmp_path_factory.mktemp('toy'))
 
 
 @pytest.fixture(scope='module')

@@ -12,17 +12,9 @@ from lkconv.cli import main
 from lkconv.training.config import load_config
 from lkconv.training.train import train
 from lkconv.training.validate import ValidateOptions, validate
-from test_train import TINY_UNIREPLKNET, read_summary, toy_overrides, write_toy_imagefolder
+from helpers import TINY_UNIREPLKNET, read_summary, toy_overrides
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # see conftest.py
-
-
-
-
-
-@pytest.fixture(scope='module')
-def toy_data(tmp_path_factory):
-    return write_toy_imagefolder(tmp_path_factory.mktemp('toy'))
 
 
 @pytest.fixture(scope='module')
