@@ -66,8 +66,8 @@ def test_unknown_key_names_file_line_and_closest_key(tmp_path):
 
 def test_key_in_the_wrong_section_points_to_the_right_one(tmp_path):
     path = write(tmp_path / 'bad.yaml', 'model:\n  name: unireplknet_a\ntrain:\n  batch_size: 32\n')
-    with pytest.raises(ConfigError, match=rf"bad.yaml:4: train.batch_size: unknown key; did you mean "
-                                          rf"'data.batch_size'\?"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:4: train.batch_size: unknown key; did you mean "
+                                          r"'data.batch_size'\?"):
         load_config(path, ['data.dataset=lkconv/digits'])
 
 

@@ -75,3 +75,17 @@ def test_erf_command_on_an_image_folder(tmp_path, capsys):
 def test_erf_command_rejects_token_models(tmp_path):
     with pytest.raises(SystemExit, match='spatial feature map'):
         main(['erf', 'vit_tiny_patch16_224', '--num-images', '1', '--out', str(tmp_path)])
+
+
+def test_erf_command_on_the_largest_kernels(tmp_path, capsys):
+    """RepLKNet's 31x31 and SLaK's 51x5 / 5x51 kernels through `lkconv erf`, side by side."""
+    out = tmp_path / 'erf'
+    assert main(['erf', 'replknet_31b', 'slak_tiny', '--img-size', '64', '--num-images', '1', '-b', '1',
+                 '--out', str(out)]) == 0
+    with open(out / 'erf.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [row['model'] for row in rows] == ['replknet_31b', 'slak_tiny']
+    for row in rows:
+        ratios = [float(row[f'area_ratio_{t}']) for t in (20, 30, 50, 99)]
+        assert ratios == sorted(ratios) and 0 < ratios[0]
+        assert (out / f"erf_{row['model']}.png").read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -7,7 +7,7 @@ import timm
 import torch
 from timm.utils import reparameterize_model
 
-from test_contract import SMALLEST_PER_FAMILY
+from helpers import SMALLEST_PER_FAMILY
 
 SIZE = 64
 
