@@ -22,7 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import calculate_drop_path_rates, get_device_dtype
+from timm.layers import calculate_drop_path_rates, get_device_dtype, trunc_normal_
 from timm.models import FeatureListNet, build_model_with_cfg, checkpoint_seq
 
 from ..layers import FDConv
@@ -71,6 +71,19 @@ def drop_path_schedule(drop_path_rate: float, depths: Sequence[int]) -> List[Lis
     """The stochastic-depth rate of every block, per stage: linear from 0 to `drop_path_rate` over the global
     block index (the official schedule of every family here)."""
     return calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
+
+
+def init_convnext_style(module: nn.Module, name: str = '', head_init_scale: float = 1.) -> None:
+    """ConvNeXt's initialisation, which UniRepLKNet, InceptionNeXt and SLaK keep: conv and linear weights from
+    a truncated normal (std 0.02), zero biases, the classifier's (`head.*`) scaled by `head_init_scale`."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if name.startswith('head.') and head_init_scale != 1.:
+            module.weight.data.mul_(head_init_scale)
+            if module.bias is not None:
+                module.bias.data.mul_(head_init_scale)
 
 
 def apply_init(model: nn.Module, init_fn: Callable[..., None]) -> None:

@@ -39,7 +39,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvMlp, DropPath, create_conv2d, trunc_normal_
+from timm.layers import ConvMlp, DropPath, create_conv2d
 from timm.models import generate_default_cfgs, register_model
 # the official MlpHead (pool -> fc1 -> act -> LayerNorm -> fc2) exists in timm only in its InceptionNeXt port
 from timm.models.inception_next import MlpClassifierHead
@@ -47,6 +47,7 @@ from timm.models.inception_next import MlpClassifierHead
 from ..layers import InceptionDWConv2d
 from ._backbone import (
     BackboneStage, StagedBackbone, apply_init, check_stage_settings, create_backbone, drop_path_schedule,
+    init_convnext_style,
 )
 from ._checkpoint import unwrap_state_dict
 
@@ -197,7 +198,7 @@ class InceptionNeXt(StagedBackbone):
         self.head = MlpClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, mlp_ratio=head_mlp_ratio, drop=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
-        apply_init(self, _init_weights)
+        apply_init(self, init_convnext_style)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -209,13 +210,6 @@ class InceptionNeXt(StagedBackbone):
         super().reset_classifier(num_classes, global_pool, reset_other=reset_other)
         if global_pool is not None:
             self.global_pool = global_pool  # the head does the pooling; keep the attribute in step with it
-
-
-def _init_weights(module: nn.Module, name: str = '') -> None:
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, NormMlpClassifierHead, SEModule
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import (
@@ -43,6 +43,7 @@ from ..layers import (
 )
 from ._backbone import (
     BackboneStage, StagedBackbone, apply_init, check_stage_settings, create_backbone, drop_path_schedule,
+    init_convnext_style,
 )
 from ._checkpoint import unwrap_state_dict
 
@@ -254,17 +255,7 @@ class UniRepLKNet(StagedBackbone):
             norm_layer=norm_layer, **dd,
         )
         self.head_hidden_size = self.head.num_features
-        apply_init(self, partial(_init_weights, head_init_scale=head_init_scale))
-
-
-def _init_weights(module: nn.Module, name: str = '', head_init_scale: float = 1.) -> None:
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if name.startswith('head.'):
-            module.weight.data.mul_(head_init_scale)
-            module.bias.data.mul_(head_init_scale)
+        apply_init(self, partial(init_convnext_style, head_init_scale=head_init_scale))
 
 
 # official key fragments inside a block -> ours (lk_origin depends on the form, handled separately)
