@@ -64,6 +64,7 @@ from timm.layers import (
 )
 from timm.models import generate_default_cfgs, register_model
 
+from ..kernels.geometry import conv_output_size
 from ..layers import (
     AttentionBias2d, ConvBn, DepthwiseConv2d, LSConv, conv_with_weights, fuse_bn_scale, fuse_conv_bn, merge_kernels,
 )
@@ -379,8 +380,8 @@ class LSNet(StagedBackbone):
 
 
 def _down(size: int) -> int:
-    """Output size of a 3x3 stride-2 conv with padding 1."""
-    return (size - 1) // 2 + 1
+    """Output size of a 3x3 stride-2 conv with padding 1 (LSNet's every downsampling)."""
+    return conv_output_size(size, kernel=3, stride=2, padding=1, dilation=1)
 
 
 def _init_classifier(head: BnLinearHead) -> None:
