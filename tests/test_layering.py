@@ -1,7 +1,7 @@
 """The package's layering: each part imports only from the parts below it, never sideways or upwards.
 
     base (version, utils, cli_args, backends) < kernels < layers < models < zoo
-        < training | bench | deploy | detection (peers: none imports another) < cli
+        < training | bench | deploy | detection | segmentation (peers: none imports another) < cli
 
 Every import statement counts, those inside functions too. The package root (`lkconv/__init__.py`)
 assembles the rest (it registers the models with timm once timm is loaded), as `cli` does.
@@ -23,7 +23,7 @@ PARTS = {
     'lkconv.models': (3, 'models'),
     'lkconv.zoo': (4, 'zoo'),
     'lkconv.training': (5, 'training'), 'lkconv.bench': (5, 'bench'), 'lkconv.deploy': (5, 'deploy'),
-    'lkconv.detection': (5, 'detection'),
+    'lkconv.detection': (5, 'detection'), 'lkconv.segmentation': (5, 'segmentation'),
     'lkconv.cli': (6, 'cli'), 'lkconv': (6, 'root'),
 }
 
