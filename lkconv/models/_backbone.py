@@ -15,10 +15,11 @@
 * `check_stage_settings`, `drop_path_schedule` and `apply_init`: the per-stage settings check, the
   stochastic-depth schedule and the weight-init traversal.
 * `create_backbone`: the one creation path of every family; for pretrained weights it also checks that the
-  checkpoint's classifier size agrees with the pretrained cfg (`check_classifier_size`).
+  checkpoint's classifier size agrees with the pretrained cfg (`check_classifier_size`), or, for a feature
+  extractor, that the weights fit it exactly (`check_feature_weights`).
 """
 from functools import partial
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,7 +32,8 @@ from ._input import check_image_input
 
 __all__ = [
     'StageIntermediates', 'StagedBackbone', 'BackboneStage', 'CheckedFeatureListNet', 'ClassifierMismatchError',
-    'apply_init', 'check_stage_settings', 'create_backbone', 'drop_path_schedule', 'stage_indices',
+    'apply_init', 'check_feature_weights', 'check_stage_settings', 'create_backbone', 'drop_path_schedule',
+    'stage_indices',
 ]
 
 # torch.fx records the input check as one call instead of tracing its shape-dependent branches
@@ -136,6 +138,9 @@ class StageIntermediates:
     `reset_classifier(num_classes, global_pool, reset_other)`, `feature_info`, `num_features` and
     `head_hidden_size`; it overrides `_forward_stage` if the model (not the stage) checkpoints gradients, and
     `_forward_norm` if a norm follows the last stage.
+
+    `feature_norms`, when a model sets it, holds one norm per stage applied to that stage's tap only (off the
+    main path), as the authors' detection and segmentation backbones normalise the maps they hand to a head.
     """
 
     def _forward_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +163,8 @@ class StageIntermediates:
         Args:
             x: Input image batch (N, C, H, W).
             indices: Stages to tap: None for all, an int n for the last n, or a list of indices.
-            norm: Apply the final norm to the last stage's tap.
+            norm: Apply the final norm to the last stage's tap (a model with `feature_norms` applies each
+                stage's feature norm to its tap instead).
             stop_early: Stop after the last tapped stage.
             output_fmt: Layout of the taps; only 'NCHW'.
             intermediates_only: Return only the taps.
@@ -171,12 +177,16 @@ class StageIntermediates:
         if stop_early and not torch.jit.is_scripting():
             stages = stages[:max_index + 1]
         intermediates = []
+        feature_norms = getattr(self, 'feature_norms', None)
         x = self._forward_stem(x)
         index = 0
         for index, stage in enumerate(stages):
             x = self._forward_stage(stage, x)
             if index in take_indices:
-                intermediates.append(self._forward_norm(x) if norm and index == last_index else x)
+                if feature_norms is not None:
+                    intermediates.append(feature_norms[index](x))
+                else:
+                    intermediates.append(self._forward_norm(x) if norm and index == last_index else x)
         if intermediates_only:
             return intermediates
         if index == last_index:
@@ -219,6 +229,9 @@ class StagedBackbone(StageIntermediates, nn.Module):
     # True for heads that pool before layers other than the classifier (InceptionNeXt's MLP head):
     # reset_classifier(0, '') then still returns pooled 2-D features, as in timm's early-pool list
     early_pool: bool = False
+    # True: every BatchNorm stays in eval mode (running statistics frozen) when the model trains, as in
+    # mmdet's `norm_eval` and the authors' LSNet detection/segmentation backbone
+    norm_eval: bool = False
 
     def __init__(self, in_chans: int, num_classes: int, drop_rate: float, min_input_size: int = 32):
         super().__init__()
@@ -226,6 +239,7 @@ class StagedBackbone(StageIntermediates, nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.min_input_size = min_input_size
+        self.feature_norms = None  # a ModuleList after `_set_feature_norms` (see StageIntermediates)
 
     def _set_stages(self, stages: Sequence[nn.Module], widths: Sequence[int], reductions: Sequence[int]) -> None:
         """Register `stages` as `self.stages`, with one `feature_info` entry per stage (its output width and
@@ -236,6 +250,18 @@ class StagedBackbone(StageIntermediates, nn.Module):
             for i, (width, reduction) in enumerate(zip(widths, reductions))
         ]
         self.num_features = widths[-1]
+
+    def _set_feature_norms(self, norm_layer: Callable[[int], nn.Module]) -> None:
+        """One `norm_layer(width)` per stage as `feature_norms` (see `StageIntermediates`)."""
+        self.feature_norms = nn.ModuleList([norm_layer(info['num_chs']) for info in self.feature_info])
+
+    def train(self, mode: bool = True) -> 'StagedBackbone':
+        super().train(mode)
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
@@ -248,6 +274,7 @@ class StagedBackbone(StageIntermediates, nn.Module):
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
                 (r'^stages\.(\d+)\.norm', (99999,)),
                 (r'^norm_pre', (99999,)),
+                (r'^feature_norms', (99999,)),
             ],
         )
 
@@ -284,6 +311,8 @@ class StagedBackbone(StageIntermediates, nn.Module):
         if prune_norm:
             self.norm_pre = nn.Identity().train(self.training)
         self.stages = self.stages[:num_stages]
+        if self.feature_norms is not None:
+            self.feature_norms = self.feature_norms[:num_stages]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self._forward_stem(x)
@@ -311,22 +340,68 @@ class CheckedFeatureListNet(FeatureListNet):
         return super().forward(check_image_input(x, self.input_chans, self.min_input_size))
 
 
-def _checked_filter(state_dict, model: nn.Module, filter_fn: Callable):
+# the top-level modules a feature extractor leaves out (classifiers, final norms): their weights need not load
+_OUTSIDE_FEATURES = ('head', 'head_dist', 'norm_pre', 'fc', 'global_pool')
+
+
+def _feature_keys(keys) -> Set[str]:
+    # BatchNorm fills a missing `num_batches_tracked` itself, as strict loading allows
+    return {k for k in keys if k.split('.')[0] not in _OUTSIDE_FEATURES and not k.endswith('num_batches_tracked')}
+
+
+def check_feature_weights(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The weights of a `features_only` model, checked as strict loading would check them.
+
+    timm loads a feature extractor's pretrained weights non-strictly (it drops the classifier), so a checkpoint
+    that lacked some backbone weights (or had others) would load silently with random values in their place.
+    Missing feature norms are the exception: fine-tuning the authors' detection/segmentation backbone from
+    classification weights starts them as initialised, as the official configs do, so they are filled in.
+    """
+    own = model.state_dict()
+    norm_keys = [k for k in own if k.startswith('feature_norms.')]
+    has_norms = any(k.startswith('feature_norms.') for k in state_dict)
+    arch = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture') or type(model).__name__
+    if has_norms and not norm_keys:
+        raise ValueError(
+            f"these weights hold output norms for each feature map (a detection/segmentation checkpoint): create "
+            f"'{arch}' with feature_norms=True (lkconv.zoo.downstream.downstream_backbone_args('{arch}') gives the "
+            f"arguments of the authors' backbone)")
+    if norm_keys and not has_norms:
+        state_dict = dict(state_dict, **{k: own[k] for k in norm_keys})
+    missing = sorted(_feature_keys(own) - state_dict.keys())
+    unexpected = sorted(_feature_keys(state_dict) - own.keys())
+    if missing or unexpected:
+        found = [f'{len(names)} {kind} ({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})'
+                 for kind, names in (('missing', missing), ('unexpected', unexpected)) if names]
+        raise ValueError(f"the weights do not fit {arch}'s feature maps: {' and '.join(found)} weights")
+    return state_dict
+
+
+def _checked_filter(state_dict, model: nn.Module, filter_fn: Callable, features_only: bool):
     state_dict = filter_fn(state_dict, model)
+    if features_only:
+        return check_feature_weights(state_dict, model)
     check_classifier_size(state_dict, model)
     return state_dict
+
+
+# options under which a feature extractor must run the model itself (timm's 'getter' wrapper, through
+# `forward_intermediates`): taps normalised off the main path, and the model's own `train()`
+_MODEL_RUN_OPTIONS = ('feature_norms', 'norm_eval')
 
 
 def create_backbone(model_cls, variant: str, pretrained: bool, filter_fn, **kwargs):
     """`build_model_with_cfg` with the stage-level feature config every family uses.
 
     A `feature_cfg` given by the caller is merged over the default rather than colliding with it.
-    Pretrained weights go through `filter_fn`, then `check_classifier_size` (feature extractors have no
-    classifier, so timm drops it whatever its size).
+    Pretrained weights go through `filter_fn`, then `check_classifier_size` (classifiers) or
+    `check_feature_weights` (feature extractors, which have no classifier).
     """
     feature_cfg = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True, feature_cls=CheckedFeatureListNet)
+    if any(kwargs.get(option) for option in _MODEL_RUN_OPTIONS):
+        feature_cfg['feature_cls'] = 'getter'
     feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
-    if pretrained and not kwargs.get('features_only', False):
-        filter_fn = partial(_checked_filter, filter_fn=filter_fn)
+    if pretrained:
+        filter_fn = partial(_checked_filter, filter_fn=filter_fn, features_only=kwargs.get('features_only', False))
     return build_model_with_cfg(
         model_cls, variant, pretrained, pretrained_filter_fn=filter_fn, feature_cfg=feature_cfg, **kwargs)

@@ -2,7 +2,8 @@
 classifier size.
 
 `fetch_url_weights` runs before a model whose weights are behind share links is built;
-`unwrap_state_dict` is the first step of every family's `checkpoint_filter_fn`; `check_classifier_size` runs
+`unwrap_state_dict` is the first step of every family's `checkpoint_filter_fn` (training-script, OpenMMLab
+classification, detection and segmentation files); `check_classifier_size` runs
 after the filter for pretrained weights (see `create_backbone`).
 """
 import hashlib
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict, get_arch_pretrained_cfgs, resolve_pretrained_cfg
 
-__all__ = ['fetch_url_weights', 'unwrap_state_dict', 'ClassifierMismatchError', 'check_classifier_size']
+__all__ = ['fetch_url_weights', 'openmmlab_backbone', 'unwrap_state_dict', 'ClassifierMismatchError', 'check_classifier_size']
 
 _logger = logging.getLogger(__name__)
 
@@ -52,12 +53,26 @@ _WEIGHT_CONTAINERS = ('state_dict', 'model')
 def unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint: its `state_dict` or `model` entry when it has one (training-script and
     OpenMMLab files), else the checkpoint itself, without DDP / torch.compile key prefixes (`module.`,
-    `_orig_mod.`: timm's `clean_state_dict`)."""
+    `_orig_mod.`: timm's `clean_state_dict`); of an OpenMMLab file, the backbone's (see `openmmlab_backbone`)."""
     for container in _WEIGHT_CONTAINERS:
         if isinstance(checkpoint.get(container), dict):
             checkpoint = checkpoint[container]
             break
-    return clean_state_dict(checkpoint)
+    return openmmlab_backbone(clean_state_dict(checkpoint))
+
+
+def openmmlab_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The backbone's weights of an OpenMMLab model's state dict, the state dict itself for any other.
+
+    OpenMMLab models keep their backbone under `backbone.`; an mmpretrain classifier its classifier under
+    `head.`, which is kept (the classification filters map it), while detectors and segmentors keep necks and
+    heads under other names (`neck.`, `decode_head.`, `auxiliary_head.`, `rpn_head.`, `roi_head.`,
+    `bbox_head.`, ...), which a backbone has no use for.
+    """
+    if not any(key.startswith('backbone.') for key in state_dict):
+        return state_dict
+    return {key.split('.', 1)[1] if key.startswith('backbone.') else key: value
+            for key, value in state_dict.items() if key.startswith(('backbone.', 'head.'))}
 
 
 class ClassifierMismatchError(ValueError, RuntimeError):

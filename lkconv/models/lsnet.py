@@ -26,6 +26,9 @@ Differences from the official implementation, all deliberate:
   bare state_dict) checkpoints onto this layout; they load strictly.
 * SKA runs in PyTorch everywhere (CPU, any dtype, exportable) through a backend dispatch
   (`lkconv.layers.small_kernel_aggregation`); the official code needs CUDA + Triton and computes bf16 in fp64.
+* The authors' detection/segmentation backbone is this model with `img_size=896` (bias tables for a 14x14
+  grid) and `norm_eval=True` (BatchNorm statistics frozen while fine-tuning); its checkpoints (the
+  `backbone.` part of an mmdet/mmseg file) load into it strictly. `lkconv.zoo.downstream` lists them.
 * Any input size works: when the stage-4 token grid differs from the one the bias table was built for
   (`img_size`, default 224 -> 4x4), the gathered bias is resized bicubically to the new N x N, as the
   official detection/segmentation backbones do. `attention_bias_idxs` is a computed, non-persistent
@@ -280,6 +283,7 @@ class LSNet(StagedBackbone):
             distillation: bool = False,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            norm_eval: bool = False,
             deploy: bool = False,
             device=None,
             dtype=None,
@@ -289,7 +293,8 @@ class LSNet(StagedBackbone):
             in_chans: Number of input image channels.
             num_classes: Number of classes of the classifier (0: no classifier).
             global_pool: Global pooling type of the head ('': none).
-            img_size: Input size the stage-4 attention bias table is built for.
+            img_size: Input size the stage-4 attention bias table is built for (the authors' detection and
+                segmentation backbones: 896, a 14x14 table, whatever the image size).
             depths: Number of blocks in each stage (a stage after the first adds a downsample before them).
             dims: Feature dimension of each stage.
             stage_mixers: Mixer of each stage's odd blocks: 'ls' (LS convolution) or 'attn' (attention);
@@ -300,6 +305,8 @@ class LSNet(StagedBackbone):
             distillation: Add the distillation classifier `head_dist`.
             drop_rate: Dropout rate before the classifiers.
             drop_path_rate: Stochastic depth rate of the last block (on the FFN residual).
+            norm_eval: Keep every BatchNorm in eval mode when training (frozen statistics), as the authors'
+                detection and segmentation backbones.
             deploy: Build the re-parameterised (fused) form.
         """
         super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
@@ -308,6 +315,7 @@ class LSNet(StagedBackbone):
         self.distillation = distillation
         self.distilled_training = False
         self.deploy = deploy
+        self.norm_eval = norm_eval
 
         self.stem = nn.Sequential(
             _conv_bn(in_chans, dims[0] // 4, 3, stride=2, deploy=deploy, **dd),

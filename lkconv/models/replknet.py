@@ -26,8 +26,8 @@ Differences from the official implementation, all deliberate:
   timm's `convert_sync_batchnorm` does that for distributed training.
 * The official downstream mode (`num_classes=None, out_indices=...`) is timm's `features_only=True`; XL's
   `norm_intermediate_features=True` (a BatchNorm on each returned feature map, official `stages.i.norm`, here
-  `feature_norms.i`) is `feature_norm=True` with `num_classes=0`, read through `forward_intermediates` (the
-  `features_only` wrapper is then timm's 'getter').
+  `feature_norms.i`) is `feature_norms=True`, read through `forward_intermediates` (the `features_only`
+  wrapper is then timm's 'getter'). The classifier and final norm stay (a feature extractor drops them).
 * `group_matcher` gives the official layer-decay groups for any depths (the official code hard-codes them for
   depths (2, 2, 18, 2): 14 groups).
 * Depthwise convs dispatch through `lkconv.layers` (no custom CUDA extension); the constructor never prints.
@@ -35,7 +35,8 @@ Differences from the official implementation, all deliberate:
 # Original RepLKNet code and weights: https://github.com/DingXiaoH/RepLKNet-pytorch
 # Copyright (c) 2022 Xiaohan Ding. Licensed under the MIT License (see the LICENSE file of that repository)
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -45,7 +46,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..layers import ReparamLargeKernelConv
 from ._backbone import (
-    BackboneStage, StagedBackbone, check_stage_settings, create_backbone, drop_path_schedule, stage_indices,
+    BackboneStage, StagedBackbone, check_stage_settings, create_backbone, drop_path_schedule,
 )
 from ._checkpoint import fetch_url_weights, unwrap_state_dict
 
@@ -154,7 +155,7 @@ class RepLKNet(StagedBackbone):
             ffn_ratio: float = 4.,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
-            feature_norm: bool = False,
+            feature_norms: bool = False,
             deploy: bool = False,
             device=None,
             dtype=None,
@@ -174,9 +175,8 @@ class RepLKNet(StagedBackbone):
             ffn_ratio: Hidden width of the ConvFFNs as a multiple of the stage dimension.
             drop_rate: Dropout rate before the classifier.
             drop_path_rate: Stochastic depth rate of the last pair (the two blocks of a pair share their rate).
-            feature_norm: Normalise each stage's feature map handed to dense-prediction heads with a BatchNorm
-                of its own (off the main path), as the official downstream RepLKNet-XL; such a backbone has no
-                final norm and no classifier (needs num_classes=0).
+            feature_norms: Normalise each stage's feature map handed to dense-prediction heads with a BatchNorm
+                of its own (off the main path), as the official downstream RepLKNet-XL.
             deploy: Build the re-parameterised form (each large-kernel unit one conv with bias).
         """
         super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
@@ -184,10 +184,6 @@ class RepLKNet(StagedBackbone):
         check_stage_settings(depths=depths, dims=dims, large_kernel_sizes=large_kernel_sizes)
         if dw_ratio <= 0 or ffn_ratio <= 0:
             raise ValueError(f'dw_ratio and ffn_ratio must be positive, got {dw_ratio} and {ffn_ratio}')
-        if feature_norm and num_classes:
-            raise ValueError(
-                f'feature_norm=True builds a backbone for dense prediction without a classifier: pass num_classes=0 '
-                f'(got num_classes={num_classes})')
         self.deploy = deploy
         small_kernel_size = small_kernel_size or None
 
@@ -205,34 +201,12 @@ class RepLKNet(StagedBackbone):
                 blocks=blocks,
             ))
         self._set_stages(stages, dims, reductions=[4 * 2 ** i for i in range(len(dims))])
-        self.feature_norms = nn.ModuleList([nn.BatchNorm2d(dim, **dd) for dim in dims]) if feature_norm else None
-        self.norm_pre = nn.Identity() if feature_norm else nn.BatchNorm2d(self.num_features, **dd)
+        if feature_norms:
+            self._set_feature_norms(partial(nn.BatchNorm2d, **dd))
+        self.norm_pre = nn.BatchNorm2d(self.num_features, **dd)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
         # initialisation: PyTorch's defaults, as the official code
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """As `StagedBackbone.forward_intermediates`; with `feature_norm` each tap passes its stage's feature norm."""
-        result = super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
-        if self.feature_norms is None:
-            return result
-        take_indices, _ = stage_indices(len(self.stages), indices)
-        taps = result if intermediates_only else result[1]
-        taps = [self.feature_norms[i](tap) for i, tap in zip(take_indices, taps)]
-        return taps if intermediates_only else (result[0], taps)
-
-    def _prune_stages(self, num_stages: int, prune_norm: bool) -> None:
-        super()._prune_stages(num_stages, prune_norm)
-        if self.feature_norms is not None:
-            self.feature_norms = self.feature_norms[:num_stages]
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
@@ -277,9 +251,6 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_replknet(variant: str, pretrained: bool = False, **kwargs) -> RepLKNet:
-    if kwargs.get('feature_norm'):
-        # the feature norms are off the main path: features come from forward_intermediates
-        kwargs['feature_cfg'] = {'feature_cls': 'getter', **(kwargs.get('feature_cfg') or {})}
     if pretrained:
         fetch_url_weights(variant, kwargs)  # Google Drive links: see fetch_url_weights
     return create_backbone(RepLKNet, variant, pretrained, checkpoint_filter_fn, **kwargs)

@@ -24,6 +24,9 @@ Differences from the official implementation, all deliberate:
   (`fdconv_nets`) are the same model with another MLP.
 * The constructor rejects unknown arguments and never prints; no custom CUDA extension is used
   (depthwise convs dispatch through `lkconv.layers.DepthwiseConv2d`).
+* The authors' detection/segmentation backbone (`UniRepLKNetBackbone`, whose mode depends on `init_cfg`) is
+  this model with `feature_norms=True` as a feature extractor: the output LayerNorms `norm0..3` become
+  `feature_norms.0..3`; its checkpoints (the `backbone.` part of an mmdet/mmseg file) load strictly.
 """
 # Original UniRepLKNet code and weights: https://github.com/AILab-CVC/UniRepLKNet
 # Licensed under the Apache License 2.0 (see the LICENSE file of that repository)
@@ -200,6 +203,7 @@ class UniRepLKNet(StagedBackbone):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             mlp_layer: Callable[..., nn.Module] = UniRepLKNetMlp,
+            feature_norms: bool = False,
             deploy: bool = False,
             device=None,
             dtype=None,
@@ -219,6 +223,9 @@ class UniRepLKNet(StagedBackbone):
             drop_path_rate: Stochastic depth rate of the last block.
             mlp_layer: The blocks' MLP: built as `mlp_layer(dim, hidden_dim, deploy=..., device=..., dtype=...)`,
                 with a `reparameterize(out_scale)` that folds the layer scale into its output.
+            feature_norms: Normalise each stage's feature map handed to dense-prediction heads with a LayerNorm
+                of its own (off the main path), as the authors' detection and segmentation backbone (official
+                `norm0`..`norm3`).
             deploy: Build the re-parameterised form.
         """
         super().__init__(in_chans=in_chans, num_classes=num_classes, drop_rate=drop_rate)
@@ -249,6 +256,8 @@ class UniRepLKNet(StagedBackbone):
                 ],
             ))
         self._set_stages(stages, dims, reductions=[4 * 2 ** i for i in range(len(dims))])
+        if feature_norms:
+            self._set_feature_norms(partial(norm_layer, **dd))
         self.norm_pre = nn.Identity()
         self.head = NormMlpClassifierHead(
             self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate,
@@ -275,7 +284,8 @@ _BLOCK_KEY_MAP = (
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Map an official UniRepLKNet checkpoint (training or deploy form) onto this implementation's keys."""
+    """Map an official UniRepLKNet checkpoint (training or deploy form; classification, or the backbone of a
+    detection/segmentation checkpoint with its output norms `norm0..3`) onto this implementation's keys."""
     state_dict = unwrap_state_dict(state_dict)
     if 'stem.0.weight' in state_dict:
         return state_dict  # already in this layout
@@ -285,6 +295,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
         key = re.sub(r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.', key)
         key = re.sub(r'^head\.', 'head.fc.', key)
         key = re.sub(r'^norm\.', 'head.norm.', key)
+        key = re.sub(r'^norm(\d+)\.', r'feature_norms.\1.', key)  # the downstream backbone's output norms
         block = re.match(r'^stages\.(\d+)\.(\d+)\.', key)
         if block:
             prefix, rest = f'stages.{block[1]}.blocks.{block[2]}.', key[block.end():]

@@ -228,19 +228,17 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     """Map a VAN checkpoint onto this implementation's keys.
 
     Accepts the authors' files (timm-train `.pth.tar`, weights under `state_dict`), OpenMMLab's converted
-    files (`backbone.` prefix, `blocks{s}`, `projection`, `DW_conv`/`DW_D_conv`, `head.fc`), bare or
-    wrapped, with or without a `module.` prefix, and checkpoints already in this layout.
+    files (`backbone.` prefix, `blocks{s}`, `projection`, `DW_conv`/`DW_D_conv`, `head.fc`), the authors'
+    segmentation checkpoints (VAN-Segmentation: official keys under `backbone.`), bare or wrapped, with or
+    without a `module.` prefix, and checkpoints already in this layout.
     """
     state_dict = unwrap_state_dict(state_dict)
     if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
         return state_dict  # already in this layout
     out = {}
-    openmmlab = any(k.startswith('backbone.') for k in state_dict)
+    mmpretrain = any(k.startswith('blocks1.') for k in state_dict)  # the official layout has `block1.`
     for key, value in state_dict.items():
-        if key.startswith('data_preprocessor.'):
-            continue  # OpenMMLab normalisation constants, not model weights
-        if openmmlab:
-            key = key[len('backbone.'):] if key.startswith('backbone.') else key
+        if mmpretrain:
             for pattern, repl in _OPENMMLAB_TO_OFFICIAL:
                 key = re.sub(pattern, repl, key)
         out[_official_key_to_ours(key)] = value
