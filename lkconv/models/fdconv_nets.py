@@ -371,14 +371,12 @@ class FDConvMlp(nn.Module):
 
 
 def _resnet_base_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Unwrap timm / torchvision / official FDConv ResNet checkpoints; take the backbone of mmdet ones."""
+    """Unwrap timm / torchvision / official FDConv ResNet checkpoints, and the backbone of mmdet ones."""
     state_dict = unwrap_state_dict(state_dict)
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-        own = model.state_dict()
-        for key in ('fc.weight', 'fc.bias'):  # detection checkpoints have no classifier
-            if key in own and key not in state_dict:
-                state_dict[key] = own[key]
+    own = model.state_dict()
+    for key in ('fc.weight', 'fc.bias'):  # detection checkpoints have no classifier: it keeps its initialisation
+        if key in own and key not in state_dict:
+            state_dict[key] = own[key]
     return state_dict
 
 
