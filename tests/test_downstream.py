@@ -154,3 +154,9 @@ def test_published_checkpoints_table():
     assert downstream_backbone_args('replknet_xl') == {'feature_norms': True}
     assert downstream_backbone_args('replknet_31b') == {} == downstream_backbone_args('van_b2')
     assert downstream_backbone_args('lsnet_s') == {'img_size': 896, 'norm_eval': True}
+
+
+def test_docs_list_every_published_checkpoint():
+    docs = (Path(__file__).resolve().parents[1] / 'docs' / 'dense_prediction.md').read_text()
+    unlisted = [c.file for c in PUBLISHED if f'| `{c.model}` | {c.pretrain} |' not in docs or f'`{c.file}`' not in docs]
+    assert not unlisted, unlisted
