@@ -123,12 +123,13 @@ def _van(variant: str, head: str, result: str, pretrain: str = 'in1k') -> Downst
 
 def _replknet(variant: str, head: str, dataset: str, pretrain: str, result: str, file: str,
               drive_id: str) -> DownstreamCheckpoint:
-    if dataset == 'cityscapes':  # mmseg's 769x769 Cityscapes setting
-        test = dict(crop_size=(769, 769), test_scale=(2049, 1025), test_mode='slide', slide_crop=(769, 769),
-                    slide_stride=(513, 513), align_corners=True)
-    elif dataset == 'ade20k':
-        test = dict(crop_size=(640, 640), test_scale=(2560, 640)) if pretrain != 'in1k' else \
-            dict(crop_size=(512, 512), test_scale=(2048, 512))
+    if dataset == 'cityscapes':  # mmseg's 769x769 Cityscapes setting, tested whole
+        test = dict(crop_size=(769, 769), test_scale=(2049, 1025), align_corners=True)
+    elif dataset == 'ade20k' and pretrain == 'in1k':
+        test = dict(crop_size=(512, 512), test_scale=(2048, 512))
+    elif dataset == 'ade20k':  # trained on 640 crops, tested in 640 windows
+        test = dict(crop_size=(640, 640), test_scale=(2048, 512), test_mode='slide', slide_crop=(640, 640),
+                    slide_stride=(426, 426))
     else:
         test = dict(test_scale=(1333, 800))
     if variant == 'xl':  # MegData73M's normalisation: mean = std = 127.5 in 0..255 units
