@@ -6,7 +6,7 @@ import pytest
 import timm
 
 README = Path(__file__).resolve().parents[1] / 'README.md'
-TASK_SECTIONS = ('Classification', 'Feature extraction', 'Deployment')
+TASK_SECTIONS = ('Classification', 'Feature extraction', 'Segmentation', 'Deployment')
 
 
 def python_blocks(section: str):
