@@ -96,7 +96,11 @@ class OptimConfig:
     momentum: float = 0.9
     eps: Optional[float] = None
     betas: Optional[List[float]] = None
-    layer_decay: Optional[float] = None  # layer-wise lr decay over the model's group_matcher groups
+    layer_decay: Optional[float] = None  # layer-wise lr decay rate (lr scale per layer, counted from the head)
+    # which layers: timm = the model's group_matcher groups; unireplknet = the official UniRepLKNet layer ids
+    # (lkconv.models.layer_decay; the authors' ImageNet fine-tuning and detection/segmentation grouping)
+    layer_decay_rule: Literal['timm', 'unireplknet'] = 'timm'
+    layer_decay_num_layers: Optional[int] = None  # rule unireplknet: the official num_layers (null: 12)
     clip_grad: Optional[float] = None
     clip_mode: Literal['norm', 'value', 'agc'] = 'norm'
 
@@ -461,10 +465,11 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
                 check_model_name(model_name)
             except ValueError as e:
                 problems.append(f'{where(key)}: {key}: {e}')
-    for key in ('optim.lr', 'optim.lr_base'):
+    for key in ('optim.lr', 'optim.lr_base', 'optim.layer_decay'):
         value = getattr(config.optim, key.split('.')[1])
         if value is not None and not value > 0:
             problems.append(f'{where(key)}: {key}: must be positive, got {value:g}')
+    problems += _layer_decay_problems(config.optim, where)
     sparse = config.sparse
     if not 0 < sparse.sparsity < 1:
         problems.append(f"{where('sparse.sparsity')}: sparse.sparsity: must be above 0 and below 1 (the fraction of "
@@ -510,6 +515,21 @@ def _check(config: Config, sources: Dict[str, _Source], origin: Optional[str], c
         path = getattr(getattr(config, section), name)
         if path and not Path(path).expanduser().is_file():
             problems.append(f"{where(key)}: {key}: file '{path}' does not exist")
+    return problems
+
+
+def _layer_decay_problems(optim: OptimConfig, where) -> List[str]:
+    rule, num_layers = optim.layer_decay_rule, optim.layer_decay_num_layers
+    problems = []
+    if rule != 'timm' and optim.layer_decay is None:
+        problems.append(f"{where('optim.layer_decay_rule')}: optim.layer_decay_rule: '{rule}' needs optim.layer_decay "
+                        f"(the decay rate, e.g. 0.8)")
+    if num_layers is not None and rule != 'unireplknet':
+        problems.append(f"{where('optim.layer_decay_num_layers')}: optim.layer_decay_num_layers: set, but it is a "
+                        f"setting of optim.layer_decay_rule 'unireplknet', not '{rule}'")
+    elif num_layers is not None and num_layers < 1:
+        problems.append(f"{where('optim.layer_decay_num_layers')}: optim.layer_decay_num_layers: must be at least 1 "
+                        f"(or null: 12)")
     return problems
 
 

@@ -45,6 +45,7 @@ from .data import (
     DataFolderError, class_difference, class_names, create_eval_loader, create_mixup, create_train_loader,
     dataset_splits, empty_class_folder_problem, loader_sampler, prepare_dataset_dir, resolve_eval_data_config,
 )
+from ..models import layer_decay_param_groups
 from ..utils import atomic_copy, atomic_write_text, autocast_factory, count_params
 from ..zoo.loading import model_arguments
 from ..zoo.weights import explain_download_failure
@@ -64,15 +65,16 @@ from .sparsity import SparseMasker
 from .summary import EpochSummary
 
 __all__ = ['BEST_CHECKPOINT', 'LAST_CHECKPOINT', 'RESOLVED_CONFIG', 'RESUME_LATEST', 'RunFolderError',
-           'TrainingInterrupted', 'create_train_model', 'resolve_lr', 'resolve_run_folder', 'run_config_path',
-           'train']
+           'TrainingInterrupted', 'create_train_model', 'create_train_optimizer', 'resolve_lr', 'resolve_run_folder',
+           'run_config_path', 'train']
 
 # Settings whose values a resume takes from the checkpoint (the weights, the optimizer with its learning
 # rate and the schedule are restored): a resume refuses to change them rather than silently ignore them.
 _RESTORED_BY_RESUME = (
     'model.name', 'model.num_classes', 'model.in_chans', 'model.kwargs', 'optim.opt', 'optim.lr', 'optim.lr_base',
     'optim.lr_base_size', 'optim.lr_base_scale', 'optim.weight_decay', 'optim.momentum', 'optim.eps',
-    'optim.betas', 'optim.layer_decay', 'sched.*', 'train.epochs', 'train.model_ema', 'sparse.*',
+    'optim.betas', 'optim.layer_decay', 'optim.layer_decay_rule', 'optim.layer_decay_num_layers', 'sched.*',
+    'train.epochs', 'train.model_ema', 'sparse.*',
 )
 
 
@@ -87,6 +89,25 @@ def resolve_lr(config: Config, global_batch: int) -> float:
         return optim.lr
     ratio = global_batch / optim.lr_base_size
     return optim.lr_base * (ratio if optim.lr_base_scale == 'linear' else math.sqrt(ratio))
+
+
+def create_train_optimizer(config: Config, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer of `config.optim` over `model`; with optim.layer_decay, its groups follow
+    optim.layer_decay_rule: 'timm' the model's group_matcher (timm's own layer decay), any other the official
+    rule of that name (`lkconv.models.layer_decay_param_groups`)."""
+    optim = config.optim
+    opt_kwargs = {k: v for k, v in dict(eps=optim.eps, betas=tuple(optim.betas) if optim.betas else None).items()
+                  if v is not None}
+    params = model
+    if optim.layer_decay_rule != 'timm':
+        try:
+            params = layer_decay_param_groups(model, optim.weight_decay, optim.layer_decay, rule=optim.layer_decay_rule,
+                                              num_layers=optim.layer_decay_num_layers, backbone=model)
+        except ValueError as e:  # a model without the rule's layout
+            raise ConfigError([config_problem(config, 'optim.layer_decay_rule', f'{config.model.name}: {e}')]) \
+                from None
+    return create_optimizer_v2(params, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay,
+                               momentum=optim.momentum, layer_decay=optim.layer_decay, **opt_kwargs)
 
 
 def _model_arguments(config: Config) -> Dict[str, Any]:
@@ -357,11 +378,7 @@ def _run(config: Config, ctx: DistributedContext, run_dir: Path, checkpoint: Opt
 
     global_batch = data_cfg.batch_size * ctx.world_size * train_cfg.grad_accum_steps
     lr = resolve_lr(config, global_batch)
-    optim = config.optim
-    opt_kwargs = {k: v for k, v in dict(eps=optim.eps, betas=tuple(optim.betas) if optim.betas else None).items()
-                  if v is not None}
-    optimizer = create_optimizer_v2(model, opt=optim.opt, lr=lr, weight_decay=optim.weight_decay,
-                                    momentum=optim.momentum, layer_decay=optim.layer_decay, **opt_kwargs)
+    optimizer = create_train_optimizer(config, model, lr)
     use_cuda = ctx.device.type == 'cuda'
     amp_dtype = torch.float16 if train_cfg.amp_dtype == 'float16' else torch.bfloat16
     autocast = autocast_factory(ctx.device.type, amp_dtype if train_cfg.amp else None)
