@@ -160,3 +160,10 @@ def test_docs_list_every_published_checkpoint():
     docs = (Path(__file__).resolve().parents[1] / 'docs' / 'dense_prediction.md').read_text()
     unlisted = [c.file for c in PUBLISHED if f'| `{c.model}` | {c.pretrain} |' not in docs or f'`{c.file}`' not in docs]
     assert not unlisted, unlisted
+
+
+def test_lsnet_downstream_tables_need_their_grid(parity_dir, tmp_path):
+    recorded = torch.load(parity_dir / MM_FIXTURES['lsnet_t'], weights_only=True)
+    file = _save(recorded['checkpoint'], tmp_path)
+    with pytest.raises(ValueError, match=r'14x14 token grid .* img_size=896'):
+        timm.create_model('lsnet_t', features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=file))

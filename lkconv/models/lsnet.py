@@ -413,7 +413,8 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     this implementation's keys.
 
     The computed `attention_bias_idxs` buffers are dropped; bias tables built for another token grid are
-    resized bicubically on their offset grid to the model's. A checkpoint whose form (fused or not) differs
+    resized bicubically on their offset grid to the model's, except that a backbone-only checkpoint's larger
+    tables (a detection/segmentation backbone's) are refused with the `img_size` that fits them. A checkpoint whose form (fused or not) differs
     from the model's raises ValueError naming the `deploy` setting that fits it.
     """
     state_dict = unwrap_state_dict(state_dict)
@@ -421,8 +422,16 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
         state_dict = _map_official_keys(state_dict)
     _check_form(state_dict, model)
     model_sd = model.state_dict()
+    backbone_only = not any(k.startswith('head.') for k in state_dict)
     for key, value in state_dict.items():
         if key.endswith('attention_biases') and key in model_sd and value.shape != model_sd[key].shape:
+            if backbone_only and value.shape[1] > model_sd[key].shape[1]:
+                # a detection/segmentation backbone's table, which shrinking would change: build the model for it
+                raise ValueError(
+                    f'these backbone weights hold attention bias tables for a {_side(value)}x{_side(value)} token grid '
+                    f'(the authors\' detection/segmentation backbone), the model one for {_side(model_sd[key])}x'
+                    f'{_side(model_sd[key])}: create it with img_size={64 * _side(value)} '
+                    f'(lkconv.zoo.downstream.downstream_backbone_args gives the backbone\'s arguments)')
             resolution = model.get_submodule(key[:-len('.attention_biases')]).resolution
             state_dict[key] = _resize_bias_table(value, resolution)
     return state_dict
@@ -466,6 +475,10 @@ def _check_form(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> None:
         raise ValueError(
             'this LSNet checkpoint is in the training (unfused) form, but the model was created with deploy=True. '
             'Create it without deploy=True, load the checkpoint, then fuse with timm.utils.reparameterize_model')
+
+
+def _side(table: torch.Tensor) -> int:
+    return int(round(table.shape[1] ** 0.5))
 
 
 def _resize_bias_table(table: torch.Tensor, resolution: Tuple[int, int]) -> torch.Tensor:
