@@ -18,6 +18,12 @@ def test_info(capsys):
     main(['info', 'unireplknet_t'])
     out = capsys.readouterr().out
     assert '31,693,420' in out and 'stages.3 (640ch, /32)' in out and 'unireplknet_t.in1k' in out
+    # the authors' detection / segmentation checkpoints of the backbone, and the arguments they need
+    assert 'downstream:  backbone arguments feature_norms=True' in out
+    assert 'upernet ade20k (in1k): mIoU 48.6 / 49.1' in out
+    assert 'casc_mask_rcnn_unireplknet_t_in1k_3x_coco_ap51.75.pth' in out
+    main(['info', 'inceptionnext_atto'])
+    assert 'downstream' not in capsys.readouterr().out
 
 
 def test_unknown_model_suggests_close_names():

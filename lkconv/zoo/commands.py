@@ -5,7 +5,7 @@ torch, timm and the models are imported inside the command functions: see `lkcon
 from typing import Any, Dict, Optional, Tuple
 
 from ..cli_args import non_negative_int
-
+from .downstream import PUBLISHED, downstream_backbone_args
 
 
 def resolve_model_name(name: str, command: str) -> str:
@@ -71,6 +71,12 @@ def cmd_info(args) -> None:
     print(f'features:    {features}')
     print(f'pretrained:  {", ".join(timm.list_pretrained(name.split(".")[0] + ".*")) or "none"}')
     print(f'license:     {cfg.get("license")}; paper {cfg.get("paper_ids")}')
+    downstream = [c for c in PUBLISHED if c.model == name.split('.')[0]]
+    if downstream:  # the authors' detection / segmentation checkpoints of this backbone
+        args_text = ', '.join(f'{k}={v!r}' for k, v in downstream_backbone_args(name).items()) or 'none'
+        print(f'downstream:  backbone arguments {args_text}; see docs/dense_prediction.md')
+        for c in downstream:
+            print(f'             {c.head} {c.dataset} ({c.pretrain}): {c.result}  {c.file}')
 
 
 def add_commands(subparsers) -> None:
