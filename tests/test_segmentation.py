@@ -112,6 +112,8 @@ def test_checkpoint_mistakes_are_one_clear_error(unireplknet_a_checkpoint, tmp_p
         UperNet.from_checkpoint('upernet_van_b2_512x512_160k_ade20k.pth')
     with pytest.raises(ValueError, match='does not exist'):
         UperNet.from_checkpoint(str(tmp_path / UNIREPLKNET_T_ADE))
+    with pytest.raises(ValueError, match='num_classes must be at least 1, got 0'):
+        UperNet('unireplknet_a', 0)
 
 
 def test_published_names_resolve_without_download(unireplknet_a_checkpoint, tmp_path, monkeypatch):

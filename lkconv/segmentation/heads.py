@@ -56,6 +56,8 @@ class DecodeHead(nn.Module):
     def __init__(self, channels: int, num_classes: int, dropout: float = 0.1, align_corners: bool = False,
                  device=None, dtype=None):
         super().__init__()
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be at least 1, got {num_classes}')
         self.num_classes = num_classes
         self.align_corners = align_corners
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
