@@ -81,7 +81,7 @@ PARAM_COUNTS = {
     'slak_small': 91_131_820,
     'slak_base': 157_950_792,
 }
-# After `timm.utils.reparameterize_model` (the families' tests hold their `deploy=True` builds equal to it;
+# After `timm.utils.reparameterize_model` (test_contract holds the `deploy=True` builds equal to it, key for key;
 # the README counts of UniRepLKNet and LSNet are these; RepLKNet's official `structural_reparam()` gives these)
 DEPLOY_PARAM_COUNTS = {
     'unireplknet_a': 4_437_300,

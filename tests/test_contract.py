@@ -111,14 +111,18 @@ def test_parameter_count_table_covers_every_model():
 
 @pytest.mark.parametrize('name', MODELS)
 def test_parameter_counts(name):
-    """The pinned counts (tests/helpers.py): training form with a 1000-class head, the re-parameterised form,
-    and the training form with an ImageNet-22k head."""
+    """The pinned counts (tests/helpers.py): training form with a 1000-class head, the re-parameterised form
+    (which `deploy=True` builds directly, key for key), and the training form with an ImageNet-22k head."""
     model = meta_model(name)
     if model.num_classes != 1000:  # the default cfg is an ImageNet-22k checkpoint's
         model = _meta(name, num_classes=1000)
     assert count_params(model) == PARAM_COUNTS[name]
     if name in DEPLOY_PARAM_COUNTS:
-        assert count_params(reparameterize_model(model)) == DEPLOY_PARAM_COUNTS[name]
+        fused = reparameterize_model(model)
+        assert count_params(fused) == DEPLOY_PARAM_COUNTS[name]
+        deployed = _meta(name, num_classes=1000, deploy=True)
+        assert {k: v.shape for k, v in fused.state_dict().items()} == \
+            {k: v.shape for k, v in deployed.state_dict().items()}
     if name in IN22K_PARAM_COUNTS:
         assert count_params(_meta(name, num_classes=21841)) == IN22K_PARAM_COUNTS[name]
 

@@ -7,19 +7,12 @@ import torch
 from timm.utils import reparameterize_model
 
 from lkconv.models.unireplknet import UniRepLKNet, UniRepLKNetBlock, checkpoint_filter_fn
-from helpers import models_of
 from parity import create_from_official, load_fixture, rel_error
 
 TOLERANCE = 1e-4
 
 
-# parameter counts of both forms: tests/helpers.py, checked in tests/test_contract.py
-@pytest.mark.parametrize('name', models_of('unireplknet'))
-def test_reparameterised_training_form_is_the_deploy_build(name):
-    fused = reparameterize_model(timm.create_model(name, device='meta'))
-    deployed = timm.create_model(name, device='meta', deploy=True)
-    assert {k: v.shape for k, v in fused.state_dict().items()} == \
-        {k: v.shape for k, v in deployed.state_dict().items()}
+# parameter counts of both forms and the deploy build's layout: tests/helpers.py, checked in tests/test_contract.py
 
 
 @pytest.fixture(scope='module')
