@@ -2,6 +2,8 @@
 checkpoints in and out, the official test-time rule, training and ONNX export."""
 import dataclasses
 import math
+import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from lkconv.segmentation import (
 from lkconv.segmentation import checkpoint as seg_checkpoint
 from lkconv.segmentation.checkpoint import inference_config_of, resolve_checkpoint
 from lkconv.zoo.downstream import find_published
+from lkconv.zoo.weights import WeightsUnavailable
 from parity import load_fixture, rel_error
 
 UNIREPLKNET_T_ADE = 'upernet_unireplknet_t_512_160k_ade20k_miou48.56.pth'
@@ -141,6 +144,23 @@ def test_published_names_resolve_without_download(unireplknet_a_checkpoint, tmp_
 
 
 # ------------------------------------------------------------------------------------------------ test-time rule
+@pytest.mark.parametrize('answer', ['web page', 'no network'])
+def test_failed_downloads_are_one_clear_error(tmp_path, monkeypatch, answer):
+    """A share link that answers with a web page (Google Drive's confirmation for large files) leaves nothing
+    behind; an unreachable one says so; both say where to get the file by hand."""
+    def download(url, dst, **kwargs):
+        if answer == 'no network':
+            raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+        Path(dst).write_text('<!DOCTYPE html><html>Google Drive can\'t scan this file for viruses</html>')
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    name = 'upernet_unireplknet_s_512_160k_ade20k.pth'  # a Google Drive link
+    reason = 'answered with a web page, not the file' if answer == 'web page' else 'name resolution'
+    with pytest.raises(WeightsUnavailable, match=rf"cannot download '{name}' .*{reason}.*github.com/AILab-CVC"):
+        UperNet.from_checkpoint(name, cache_dir=str(tmp_path))
+    assert not (tmp_path / name).exists()
+
+
 def test_inference_sizes_follow_mmcv():
     # 300x400 into (2048, 512): factor min(2048/400, 512/300) = 1.7067; 400 * 1.7067 = 682.67 -> int(683.17) = 683,
     # then up to multiples of 32: 512 x 704

@@ -1,8 +1,8 @@
 """Checkpoints on their way into a model: fetching a URL's file, unwrapping the weights, and checking their
 classifier size.
 
-`fetch_url_weights` runs before a model whose weights are behind share links is built;
-`unwrap_state_dict` is the first step of every family's `checkpoint_filter_fn` (training-script, OpenMMLab
+`fetch_url_weights` runs before a model whose weights are behind share links is built (`download_once`
+downloads them, as it does the published segmentation checkpoints); `unwrap_state_dict` is the first step of every family's `checkpoint_filter_fn` (training-script, OpenMMLab
 classification, detection and segmentation files); `check_classifier_size` runs
 after the filter for pretrained weights (see `create_backbone`).
 """
@@ -15,9 +15,13 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict, get_arch_pretrained_cfgs, resolve_pretrained_cfg
 
-__all__ = ['fetch_url_weights', 'openmmlab_backbone', 'unwrap_state_dict', 'ClassifierMismatchError', 'check_classifier_size']
+__all__ = [
+    'checkpoint_dir', 'checkpoint_weights', 'download_once', 'fetch_url_weights', 'openmmlab_backbone',
+    'unwrap_state_dict', 'ClassifierMismatchError', 'check_classifier_size',
+]
 
 _logger = logging.getLogger(__name__)
+
 
 def fetch_url_weights(variant: str, kwargs: Dict[str, Any]) -> None:
     """Download the weights a cfg's URL names to a file of their own, and have timm load them from there.
@@ -37,28 +41,54 @@ def fetch_url_weights(variant: str, kwargs: Dict[str, Any]) -> None:
         url, name = cfg.url
     else:
         url, name = cfg.url, f'{variant}-{hashlib.sha256(cfg.url.encode()).hexdigest()[:12]}.pth'
-    cache_dir = kwargs.get('cache_dir') or os.path.join(torch.hub.get_dir(), 'checkpoints')
-    file = os.path.join(cache_dir, name)
-    if not os.path.exists(file):
-        os.makedirs(cache_dir, exist_ok=True)
-        _logger.info(f'Downloading {url} to {file}')
-        torch.hub.download_url_to_file(url, file, progress=False)
-    kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=file)
+    file = os.path.join(kwargs.get('cache_dir') or checkpoint_dir(), name)
+    kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=download_once(url, file))
+
+
+def checkpoint_dir() -> str:
+    """torch.hub's checkpoint folder, where downloaded weights are kept."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def download_once(url: str, file: str) -> str:
+    """`file`, downloaded from `url` first unless it is there already.
+
+    Share links (Google Drive) may answer the download of a large file with a web page asking for confirmation;
+    such a page is not kept (a later call would take it for the weights) and raises OSError, as a failed
+    download does.
+    """
+    if os.path.exists(file):
+        return file
+    os.makedirs(os.path.dirname(file) or '.', exist_ok=True)
+    _logger.info(f'Downloading {url} to {file}')
+    torch.hub.download_url_to_file(url, file, progress=False)
+    with open(file, 'rb') as f:
+        start = f.read(64).lstrip()
+    if start[:1] == b'<':
+        os.remove(file)  # written just now by this download
+        raise OSError(f'{url} answered with a web page, not the file: download it by hand in a browser')
+    return file
 
 
 # where training scripts keep the weights, in the order timm's `load_state_dict` looks for them
 _WEIGHT_CONTAINERS = ('state_dict', 'model')
 
 
-def unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+def checkpoint_weights(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     """The weights of a checkpoint: its `state_dict` or `model` entry when it has one (training-script and
     OpenMMLab files), else the checkpoint itself, without DDP / torch.compile key prefixes (`module.`,
-    `_orig_mod.`: timm's `clean_state_dict`); of an OpenMMLab file, the backbone's (see `openmmlab_backbone`)."""
+    `_orig_mod.`: timm's `clean_state_dict`)."""
     for container in _WEIGHT_CONTAINERS:
         if isinstance(checkpoint.get(container), dict):
             checkpoint = checkpoint[container]
             break
-    return openmmlab_backbone(clean_state_dict(checkpoint))
+    return clean_state_dict(checkpoint)
+
+
+def unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """A backbone's weights in a checkpoint: `checkpoint_weights`, of an OpenMMLab file only the backbone's
+    (see `openmmlab_backbone`)."""
+    return openmmlab_backbone(checkpoint_weights(checkpoint))
 
 
 def openmmlab_backbone(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

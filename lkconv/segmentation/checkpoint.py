@@ -6,14 +6,13 @@ checkpoint filter), `neck.*` (Semantic FPN), `decode_head.*` and `auxiliary_head
 Everything a user can get wrong (an unknown name, a detection checkpoint, another head, another class count)
 is one ValueError line that says what to do instead.
 """
-import logging
 import os
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import clean_state_dict
 
+from ..models._checkpoint import checkpoint_dir, checkpoint_weights, download_once
 from ..utils import did_you_mean
 from ..zoo.checkpoints import CheckpointError, load_checkpoint
 from ..zoo.downstream import PUBLISHED, DownstreamCheckpoint, find_published
@@ -22,8 +21,6 @@ from .inference import InferenceConfig
 
 __all__ = ['HEAD_PARTS', 'SEGMENTOR_NAMES', 'resolve_checkpoint', 'read_state_dict', 'head_type_of',
            'load_head_weights', 'inference_config_of']
-
-_logger = logging.getLogger(__name__)
 
 HEAD_PARTS = ('neck', 'decode_head', 'auxiliary_head')  # the top-level parts loaded here; `backbone` is timm's
 SEGMENTOR_NAMES = {'upernet': 'UperNet', 'semantic_fpn': 'SemanticFPN'}  # published `head` -> class
@@ -45,21 +42,13 @@ def _check_head(name: str, record: DownstreamCheckpoint, head_type: str) -> None
 
 
 def _download(record: DownstreamCheckpoint, file: str) -> None:
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    _logger.info(f'Downloading {record.url} to {file}')
     try:
-        torch.hub.download_url_to_file(record.url, file, progress=False)
+        download_once(record.url, file)
     except OSError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
         raise WeightsUnavailable(
-            f"cannot download '{record.file}' from {record.url} ({str(e).strip().splitlines()[0] if str(e) else e!r});"
-            f' offline, download it elsewhere (see {record.page}) and pass its path') from None
-    with open(file, 'rb') as f:
-        start = f.read(64).lstrip()
-    if start[:1] == b'<':  # a share page answered with HTML (e.g. Google Drive's confirmation for large files)
-        os.remove(file)
-        raise WeightsUnavailable(
-            f"{record.url} answered with a web page, not '{record.file}': download the file by hand from "
-            f'{record.page} and pass its path')
+            f"cannot download '{record.file}' from {record.url} ({reason}); download it elsewhere (see "
+            f"{record.page}) and pass its path") from None
 
 
 def resolve_checkpoint(
@@ -86,9 +75,8 @@ def resolve_checkpoint(
         raise ValueError(f"'{path}' does not exist; pass the name '{record.file}' alone to download the published file")
     if not record.url:
         raise ValueError(f"'{record.file}' has no direct download: download it from {record.page} and pass its path")
-    file = os.path.join(cache_dir or os.path.join(torch.hub.get_dir(), 'checkpoints'), record.file)
-    if not os.path.isfile(file):
-        _download(record, file)
+    file = os.path.join(cache_dir or checkpoint_dir(), record.file)
+    _download(record, file)
     return file, record
 
 
@@ -98,8 +86,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         checkpoint = load_checkpoint(path)
     except CheckpointError as e:
         raise ValueError(str(e)) from None
-    weights = checkpoint.get('state_dict', checkpoint.get('model', checkpoint))  # runner files: 'state_dict'
-    state_dict = clean_state_dict(weights) if isinstance(weights, dict) else {}
+    state_dict = checkpoint_weights(checkpoint) if isinstance(checkpoint, dict) else {}
     if not any(k.startswith('decode_head.') for k in state_dict):
         raise ValueError(f"'{path}' is not a segmentation checkpoint: it has no decode_head.* weights "
                          f"(an mmseg checkpoint holds backbone.*, decode_head.* and auxiliary_head.* or neck.*)")
