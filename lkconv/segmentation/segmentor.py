@@ -170,8 +170,8 @@ class EncoderDecoder(nn.Module):
             backbone_name: the backbone's model name; needed for a file that is not a published one.
             num_classes: if given, checked against the checkpoint's.
 
-        The backbone is built by timm from the whole file (the family's checkpoint filter reads `backbone.*`);
-        the heads load strictly. A published checkpoint also sets the official test-time rule (`inference`),
+        The file is read once: timm builds the backbone from its weights (the family's checkpoint filter reads
+        `backbone.*`), the heads load strictly. A published checkpoint also sets the official test-time rule (`inference`),
         image normalisation and resize mode (`align_corners`); for another file set `inference`, `image_mean` and
         `image_std` to its config's.
         """
@@ -201,8 +201,9 @@ class EncoderDecoder(nn.Module):
                 f"backbone_args=dict(pretrained_cfg_overlay=dict(file={path!r})))")
         settings = dict(align_corners=record.align_corners) if record else {}
         try:
+            # the weights already read, not the file again: the family's filter takes the backbone's
             model = cls(backbone_name, file_classes, pretrained=True, **cls._head_args(state_dict), **settings,
-                        backbone_args=dict(pretrained_cfg_overlay=dict(file=path)))
+                        backbone_args=dict(pretrained_cfg_overlay=dict(state_dict=state_dict)))
         except (RuntimeError, ValueError) as e:  # the backbone's weights do not fit, said by timm or torch
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"the backbone weights of '{path}' do not fit {backbone_name}: {reason}") from None
